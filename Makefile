@@ -1,0 +1,35 @@
+# The two set-up commands of the README:
+#   make demo   runs the main job end to end on built-in data
+#   make test   runs the test suite
+# Both create (or reuse) .venv and install everything, torch pinned and first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-all lint bench clean-venv
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -c requirements/constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m weightspace demo
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow" -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check weightspace tests tools
+
+bench: $(STAMP)
+	$(PY) tools/bench_convert.py
+
+clean-venv:
+	rm -rf $(VENV)
