@@ -6,6 +6,7 @@ graphs, and use the spec's symmetries to align, merge and prune models.
 
 import logging
 
+from weightspace.graph import GraphTemplate, from_batch, from_graph, to_batch, to_graph
 from weightspace.spec import (
     NeuronScaling,
     Permutation,
@@ -24,6 +25,11 @@ __version__ = "0.1.0"
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
+    "GraphTemplate",
+    "from_batch",
+    "from_graph",
+    "to_batch",
+    "to_graph",
     "NeuronScaling",
     "Permutation",
     "SpecError",

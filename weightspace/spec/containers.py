@@ -377,7 +377,7 @@ class WeightSpaceSpec:
         for p in self.parameters:
             start, end = self.offsets[p.name]
             out[p.name] = (
-                vector[..., start:end].reshape(*lead, *p.shape).to(getattr(torch, p.dtype)).clone()
+                vector[..., start:end].reshape(lead + p.shape).to(getattr(torch, p.dtype)).clone()
             )
         return out
 

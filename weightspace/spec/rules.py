@@ -83,7 +83,7 @@ def function_rule_for(node: fx.Node) -> FunctionRule | None:
         return _FUNCTION_RULES.get(str(node.target))
     fn = node.target
     module = getattr(fn, "__module__", None) or ""
-    if not module.split(".")[0] in _TRUSTED_MODULES and not isinstance(fn, type(len)):
+    if module.split(".")[0] not in _TRUSTED_MODULES and not isinstance(fn, type(len)):
         return None
     return _FUNCTION_RULES.get(_function_name(fn))
 

@@ -1,0 +1,157 @@
+"""Registry of the built-in model families, looked up by short name.
+
+The CLI, configs and zoo files name an architecture with a short string
+(``"mlp"``, ``"resnet20"`` ...) plus keyword arguments; :func:`build_model`
+turns that into a module and :func:`default_input_shape` into an example
+input for tracing, without the caller importing any model class.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from weightspace.models.cnn import SmallCNN
+from weightspace.models.mlp import MLP
+from weightspace.models.resnet import resnet20
+from weightspace.models.siren import SIREN
+from weightspace.models.vgg import VGG
+
+# Side length of the built-in digits data (sklearn's 8x8 handwritten digits),
+# the image size every family's default input shape is made for.
+DIGITS_SIZE = 8
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """One built-in architecture family.
+
+    Attributes:
+        name: short name used in configs and on the command line.
+        constructor: class or factory function building the module.
+        description: one line for ``--help`` texts and listings.
+        default_input_shape: maps the constructor's keyword arguments, with
+            every default filled in, to a batch-1 example input shape.
+    """
+
+    name: str
+    constructor: Callable[..., nn.Module]
+    description: str
+    default_input_shape: Callable[[dict[str, Any]], tuple[int, ...]]
+
+    def accepted_arguments(self) -> tuple[str, ...]:
+        """Names of the keyword arguments the constructor accepts."""
+        return tuple(inspect.signature(self.constructor).parameters)
+
+    def resolve_arguments(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """Return ``kwargs`` with the constructor's defaults filled in.
+
+        Raises:
+            ValueError: an argument the constructor does not accept (or a
+                missing required one); the message names the family, the
+                argument and the accepted arguments.
+        """
+        signature = inspect.signature(self.constructor)
+        try:
+            bound = signature.bind(**kwargs)
+        except TypeError as err:
+            unknown = [key for key in kwargs if key not in signature.parameters]
+            problem = (
+                f"unexpected argument(s) {', '.join(map(repr, unknown))}"
+                if unknown
+                else str(err)
+            )
+            raise ValueError(
+                f"Model family {self.name!r}: {problem}. "
+                f"Accepted arguments: {', '.join(signature.parameters)}."
+            ) from err
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
+
+BUILTIN_MODELS: dict[str, ModelFamily] = {
+    family.name: family
+    for family in (
+        ModelFamily(
+            name="mlp",
+            constructor=MLP,
+            description="Multilayer perceptron on flattened inputs (64 = 8x8 digits).",
+            default_input_shape=lambda a: (1, a["in_features"]),
+        ),
+        ModelFamily(
+            name="siren",
+            constructor=SIREN,
+            description="SIREN implicit neural representation (Sitzmann et al. 2020).",
+            default_input_shape=lambda a: (1, a["in_features"]),
+        ),
+        ModelFamily(
+            name="cnn",
+            constructor=SmallCNN,
+            description="Small CNN Zoo network (Unterthiner et al. 2020).",
+            default_input_shape=lambda a: (1, a["in_channels"], DIGITS_SIZE, DIGITS_SIZE),
+        ),
+        ModelFamily(
+            name="resnet20",
+            constructor=resnet20,
+            description="CIFAR-style ResNet-20 (He et al. 2016), batch/layer/group/no norm.",
+            default_input_shape=lambda a: (1, a["in_channels"], DIGITS_SIZE, DIGITS_SIZE),
+        ),
+        ModelFamily(
+            name="vgg",
+            constructor=VGG,
+            description="VGG-style network with conv -> linear flatten (Simonyan & Zisserman 2015).",
+            default_input_shape=lambda a: (1, a["in_channels"], a["input_size"], a["input_size"]),
+        ),
+    )
+}
+"""Built-in model families by short name."""
+
+
+def get_family(name: str) -> ModelFamily:
+    """Return the :class:`ModelFamily` called ``name``.
+
+    Raises:
+        ValueError: unknown name; the message lists the built-in names.
+    """
+    try:
+        return BUILTIN_MODELS[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"Unknown model family {name!r}. "
+            f"Built-in families are: {', '.join(BUILTIN_MODELS)}."
+        ) from None
+
+
+def build_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build the built-in model ``name`` with keyword arguments ``kwargs``.
+
+    Example::
+
+        model = build_model("resnet20", width=2, norm="layer")
+
+    Raises:
+        ValueError: unknown family name, or an argument the family does not
+            accept (the message lists the accepted arguments).
+    """
+    family = get_family(name)
+    # Check the arguments against the signature first, so that a TypeError
+    # raised *inside* the constructor is not mistaken for a bad argument name.
+    family.resolve_arguments(kwargs)
+    return family.constructor(**kwargs)
+
+
+def default_input_shape(name: str, **kwargs: Any) -> tuple[int, ...]:
+    """Batch-1 example input shape for ``build_model(name, **kwargs)``.
+
+    Image families assume the 8x8 digits data (``vgg`` uses its
+    ``input_size``); ``mlp`` and ``siren`` use ``(1, in_features)``.
+
+    Raises:
+        ValueError: as :func:`build_model`.
+    """
+    family = get_family(name)
+    return tuple(family.default_input_shape(family.resolve_arguments(kwargs)))
