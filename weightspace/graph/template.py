@@ -217,13 +217,12 @@ class GraphTemplate:
                   if p.role in ("scalar", "unused")]
         self.scalar_index = torch.cat(scalar) if scalar else torch.zeros(0, dtype=torch.long)
         self.num_scalars = len(self.scalar_index)
-        self.constants = torch.tensor(self._constants)
+        self.constants = torch.tensor(self._constants, dtype=torch.float64)
 
         # ---- the inverse: where each parameter lives in [x | edge_attr | scalars]
         layout = torch.cat([self.node_gather.reshape(-1), self.edge_gather.reshape(-1),
                             self.scalar_index])
         is_param = layout < P
-        inverse = torch.full((P,), -1, dtype=torch.long)
         counts = torch.bincount(layout[is_param], minlength=P)
         if (counts != 1).any():
             bad = int(torch.nonzero(counts != 1)[0])
@@ -231,8 +230,24 @@ class GraphTemplate:
                         < spec.offsets[q.name][1])
             raise SpecError(f"parameter {name!r} appears {int(counts[bad])} times in the graph "
                             f"(must be exactly once); the spec's layers are inconsistent")
-        inverse[layout[is_param]] = torch.nonzero(is_param).squeeze(1)
-        self.inverse_index = inverse
+        # per part: gather index straight into params (constants fixed up after
+        # the gather, so no concatenated copy of params is needed), and the
+        # (parameter column, position) pairs of the inverse
+        self._parts = {}
+        for part, gather in (("x", self.node_gather), ("edge_attr", self.edge_gather)):
+            flat = gather.reshape(-1)
+            param_pos = torch.nonzero(flat < P).squeeze(1)
+            const_pos = torch.nonzero(flat >= P).squeeze(1)
+            self._parts[part] = {
+                "gather": flat.clamp(max=max(P - 1, 0)),
+                "const_pos": const_pos,
+                "const_val": self.constants[flat[const_pos] - P] if len(const_pos) else
+                torch.zeros(0),
+                "cols": flat[param_pos],
+                "pos": param_pos,
+            }
+        self._parts["scalars"] = {"cols": self.scalar_index,
+                                  "pos": torch.arange(self.num_scalars)}
 
     def _embed_kernel(self, idx: Tensor, kernel: tuple[int, ...], name: str) -> Tensor:
         """``idx [M, *kernel]`` -> ``[M, edge_dim]`` with the kernel centred."""
@@ -303,12 +318,16 @@ class GraphTemplate:
     def _values(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         b = params.shape[0]
         device = params.device
-        ext = torch.cat([params, self.constants.to(device, params.dtype).expand(b, -1)], 1)
-        x = ext.index_select(1, self._on(self.node_gather.reshape(-1), device))
-        edge_attr = ext.index_select(1, self._on(self.edge_gather.reshape(-1), device))
+        out = []
+        for part, rows in (("x", self.num_nodes), ("edge_attr", self.num_edges)):
+            info = self._parts[part]
+            values = params.index_select(1, self._on(info["gather"], device))
+            if len(info["const_pos"]):
+                values[:, self._on(info["const_pos"], device)] = self._on(
+                    info["const_val"], device).to(params.dtype)
+            out.append(values.reshape(b * rows, -1))
         scalars = params.index_select(1, self._on(self.scalar_index, device))
-        return (x.reshape(b * self.num_nodes, -1), edge_attr.reshape(b * self.num_edges, -1),
-                scalars.reshape(-1))
+        return out[0], out[1], scalars.reshape(-1)
 
     def _on(self, t: Tensor, device: torch.device) -> Tensor:
         """Template tensors are cached per device so GPU batches gather on GPU."""
@@ -391,9 +410,14 @@ class GraphTemplate:
         if scalars.numel() != b * s:
             raise StateDictMismatchError(
                 f"graph attribute 'scalars' has {scalars.numel()} values, expected {b * s}")
-        flat = torch.cat([batch.x.reshape(b, -1), batch.edge_attr.reshape(b, -1),
-                          scalars.reshape(b, s)], 1)
-        return flat.index_select(1, self._on(self.inverse_index, flat.device))
+        out = batch.x.new_empty(b, self.spec.num_parameters)
+        for part, values in (("x", batch.x), ("edge_attr", batch.edge_attr), ("scalars", scalars)):
+            info = self._parts[part]
+            if len(info["cols"]):
+                device = values.device
+                out[:, self._on(info["cols"], device)] = values.reshape(b, -1)[
+                    :, self._on(info["pos"], device)]
+        return out
 
     def from_data(self, data: Data) -> Tensor:
         """Inverse of :meth:`to_data`: ``[P]``."""
