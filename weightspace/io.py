@@ -299,8 +299,12 @@ def atomic_output_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = _temporary_sibling(target)
+    # Writers given a path may recreate the file with their own permissions
+    # (safetensors writes 0o600); restore the usual umask-based ones.
+    permissions = temporary.stat().st_mode & 0o777
     try:
         yield temporary
+        os.chmod(temporary, permissions)
         _fsync_file(temporary)
         os.replace(temporary, target)
     except BaseException:
@@ -383,11 +387,13 @@ def save_state_dict(
     """
     path = Path(path)
     _check_suffix(path, SAVE_SUFFIXES, "save")
-    _check_values(
-        state_dict, path, prefix="", hint="Pass model.state_dict() or a dict of tensors."
-    )
+    _check_values(state_dict, path, prefix="", hint="Pass model.state_dict() or a dict of tensors.")
     if metadata is not None:
-        bad = [key for key, value in metadata.items() if not (isinstance(key, str) and isinstance(value, str))]
+        bad = [
+            key
+            for key, value in metadata.items()
+            if not (isinstance(key, str) and isinstance(value, str))
+        ]
         if bad:
             raise CheckpointError(
                 f"{path}: metadata must map str to str; entries {_describe_keys(bad)} are not. "
@@ -465,7 +471,9 @@ def expand_checkpoint_paths(patterns: Sequence[str | os.PathLike[str]]) -> list[
         if path.is_file():
             found.append(path)
         elif path.is_dir():
-            matches = sorted(p for p in path.rglob("*") if _is_checkpoint(p))
+            # Sorted as strings, like the glob branch, so the order does not
+            # depend on the Python version's Path ordering.
+            matches = sorted((p for p in path.rglob("*") if _is_checkpoint(p)), key=os.fspath)
             if not matches:
                 raise CheckpointError(
                     f"{path}: directory contains no checkpoint files "
@@ -473,7 +481,7 @@ def expand_checkpoint_paths(patterns: Sequence[str | os.PathLike[str]]) -> list[
                 )
             found.extend(matches)
         elif _has_glob_characters(text):
-            matches = sorted(Path(p) for p in glob.glob(text, recursive=True))
+            matches = [Path(p) for p in sorted(glob.glob(text, recursive=True))]
             matches = [p for p in matches if _is_checkpoint(p)]
             if not matches:
                 raise CheckpointError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import torch
 from torch import Tensor
 from torch_geometric.data import Batch, Data
 
@@ -73,4 +74,44 @@ def graph_summary(data: Data) -> str:
     return "\n".join([head, *lines])
 
 
-__all__ = ["from_batch", "from_graph", "graph_summary", "to_batch", "to_graph"]
+def convert_checkpoints(
+    paths,
+    spec: WeightSpaceSpec,
+    progress: bool = True,
+    **template_options,
+) -> tuple[Batch, GraphTemplate, list[str]]:
+    """Load checkpoint files (safely: safetensors or ``weights_only`` pickles)
+    and convert them all to one batched graph.
+
+    Args:
+        paths: files, directories or glob patterns
+            (:func:`weightspace.io.expand_checkpoint_paths`).
+        spec: the architecture every checkpoint must match.
+        progress: show a tqdm bar while loading.
+
+    Returns:
+        ``(batch, template, sources)`` with one graph per file, in file order.
+
+    Raises:
+        weightspace.io.CheckpointError: a file is missing or unreadable.
+        StateDictMismatchError: a checkpoint does not match ``spec`` (the
+            message starts with the file).
+    """
+    from tqdm.auto import tqdm
+
+    from weightspace.io import expand_checkpoint_paths, load_state_dict
+    from weightspace.spec.errors import StateDictMismatchError
+
+    files = expand_checkpoint_paths(paths)
+    template = GraphTemplate.for_spec(spec, **template_options)
+    params = torch.empty(len(files), spec.num_parameters, dtype=spec.dtype)
+    for i, path in enumerate(tqdm(files, desc="loading checkpoints", unit="ckpt", disable=not progress)):
+        state_dict = load_state_dict(path)
+        try:
+            params[i] = spec.flatten(state_dict)
+        except StateDictMismatchError as err:
+            raise StateDictMismatchError(f"{path}: {err}") from err
+    return template.to_batch(params), template, [str(f) for f in files]
+
+
+__all__ = ["convert_checkpoints", "from_batch", "from_graph", "graph_summary", "to_batch", "to_graph"]

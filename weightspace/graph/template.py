@@ -361,7 +361,7 @@ class GraphTemplate:
         """``[B, P]`` flat checkpoints -> one PyG :class:`Batch` of ``B`` graphs,
         by one gather; ``batch.get_example(i)`` and ``to_data_list()`` work."""
         params = self._check_params(params)
-        b, n, e, s = params.shape[0], self.num_nodes, self.num_edges, self.num_scalars
+        b, n, e = params.shape[0], self.num_nodes, self.num_edges
         device = params.device
         x, edge_attr, scalars = self._values(params)
         graph_ids = torch.arange(b, device=device)
@@ -369,8 +369,7 @@ class GraphTemplate:
         edge_index = (self._on(self.edge_index, device).unsqueeze(1)
                       + node_off.view(1, b, 1)).reshape(2, b * e)
         attrs = {k: self._on(v, device).repeat(b) for k, v in self.node_categorical.items()}
-        batch = Batch(
-            _base_cls=Data,
+        tensors = dict(
             x=x,
             edge_index=edge_index,
             edge_attr=edge_attr,
@@ -381,13 +380,22 @@ class GraphTemplate:
             ptr=torch.arange(b + 1, device=device) * n,
             **attrs,
         )
+        return self.wrap_batch(tensors, b)
+
+    def wrap_batch(self, tensors: dict[str, Tensor], num_graphs: int) -> Batch:
+        """A :class:`Batch` around already batched tensors of this template,
+        with the bookkeeping that ``get_example`` / ``to_data_list`` need."""
+        b, n, e, s = num_graphs, self.num_nodes, self.num_edges, self.num_scalars
+        batch = Batch(_base_cls=Data, **tensors)
         steps = torch.arange(b + 1)
         zeros = torch.zeros(b, dtype=torch.long)
         slices = {"x": steps * n, "edge_index": steps * e, "edge_attr": steps * e,
                   "edge_type": steps * e, "x_mask": steps * n, "scalars": steps * s}
         slices.update({k: steps * n for k in NODE_ATTRS})
+        slices = {k: v for k, v in slices.items() if k in tensors}
         incs = {k: zeros for k in slices}
-        incs["edge_index"] = torch.arange(b) * n
+        if "edge_index" in incs:
+            incs["edge_index"] = torch.arange(b) * n
         batch._num_graphs = b
         batch._slice_dict = slices
         batch._inc_dict = incs

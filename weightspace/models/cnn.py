@@ -66,9 +66,7 @@ class SmallCNN(nn.Module):
         layers: list[nn.Module] = []
         width = in_channels
         for c in channels:
-            layers.append(
-                nn.Conv2d(width, c, kernel_size, stride=stride, padding=kernel_size // 2)
-            )
+            layers.append(nn.Conv2d(width, c, kernel_size, stride=stride, padding=kernel_size // 2))
             layers.append(make_activation(activation))
             width = c
         self.features = nn.Sequential(*layers)

@@ -25,9 +25,7 @@ def _make_norm(norm: str | None, features: int) -> nn.Module | None:
         return nn.BatchNorm1d(features)
     if norm == "layer":
         return nn.LayerNorm(features)
-    raise ValueError(
-        f"Unknown MLP norm {norm!r}. Valid values are: None, 'batch', 'layer'."
-    )
+    raise ValueError(f"Unknown MLP norm {norm!r}. Valid values are: None, 'batch', 'layer'.")
 
 
 class MLP(nn.Module):

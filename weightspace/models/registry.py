@@ -61,9 +61,7 @@ class ModelFamily:
         except TypeError as err:
             unknown = [key for key in kwargs if key not in signature.parameters]
             problem = (
-                f"unexpected argument(s) {', '.join(map(repr, unknown))}"
-                if unknown
-                else str(err)
+                f"unexpected argument(s) {', '.join(map(repr, unknown))}" if unknown else str(err)
             )
             raise ValueError(
                 f"Model family {self.name!r}: {problem}. "
@@ -121,8 +119,7 @@ def get_family(name: str) -> ModelFamily:
         return BUILTIN_MODELS[name]
     except (KeyError, TypeError):
         raise ValueError(
-            f"Unknown model family {name!r}. "
-            f"Built-in families are: {', '.join(BUILTIN_MODELS)}."
+            f"Unknown model family {name!r}. Built-in families are: {', '.join(BUILTIN_MODELS)}."
         ) from None
 
 

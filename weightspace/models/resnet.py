@@ -40,9 +40,7 @@ _BASE_WIDTHS = (16, 32, 64)
 
 def _check_norm(norm: str) -> None:
     if norm not in _NORM_FACTORIES:
-        raise ValueError(
-            f"Unknown ResNet norm {norm!r}. Valid values are: {', '.join(NORMS)}."
-        )
+        raise ValueError(f"Unknown ResNet norm {norm!r}. Valid values are: {', '.join(NORMS)}.")
 
 
 def _make_norm(norm: str, channels: int) -> nn.Module:

@@ -1,0 +1,7 @@
+"""``python -m weightspace`` runs the command line."""
+
+import sys
+
+from weightspace.cli import main
+
+sys.exit(main())

@@ -1,0 +1,186 @@
+"""The ``weightspace`` command. Thin: each verb parses arguments, makes one
+library call, and prints the result (``--json`` where a result is read by
+programs). Bad input gives a one-line error on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+EXIT_BAD_INPUT = 1
+
+
+class CLIError(Exception):
+    """Bad input discovered by the CLI itself."""
+
+
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True,
+                   help="a built-in family (mlp, siren, cnn, resnet20, vgg), "
+                        "package.module:callable, or path/to/file.py:callable")
+    p.add_argument("--model-args", default=None, metavar="JSON",
+                   help='keyword arguments for the model as a JSON object, e.g. \'{"width": 2}\'')
+    p.add_argument("--input-shape", default=None, metavar="SHAPE",
+                   help="example input shape with the batch axis first, e.g. 1,3,32,32 "
+                        "(built-in families have a default)")
+
+
+def _spec_from_args(args: argparse.Namespace):
+    from weightspace.models.resolve import parse_input_shape, parse_model_args, resolve_model
+    from weightspace.spec import trace
+
+    module, default_shape = resolve_model(args.model, parse_model_args(args.model_args))
+    if args.input_shape:
+        shape = parse_input_shape(args.input_shape)
+    elif default_shape is not None:
+        shape = default_shape
+    else:
+        raise CLIError(f"--input-shape is required for --model {args.model!r} "
+                       f"(e.g. --input-shape 1,3,32,32)")
+    return trace(module, shape)
+
+
+# ------------------------------------------------------------------ verbs
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from weightspace.graph import GraphTemplate
+
+    spec = _spec_from_args(args)
+    template = GraphTemplate.for_spec(spec)
+    if args.json:
+        out = {
+            "hash": spec.hash,
+            "num_parameters": spec.num_parameters,
+            "graph": {"nodes": template.num_nodes, "edges": template.num_edges,
+                      "edge_dim": template.edge_dim, "node_dim": template.node_dim,
+                      "scalars": template.num_scalars},
+            "spec": spec.to_dict(),
+        }
+        print(json.dumps(out, indent=2))
+    else:
+        print(spec.summary())
+        print()
+        print(f"graph: {template.num_nodes} nodes, {template.num_edges} edges, "
+              f"edge_dim {template.edge_dim}, node_dim {template.node_dim}, "
+              f"{template.num_scalars} scalars")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from weightspace.graph import convert_checkpoints, graph_summary, save_graphs
+
+    spec = _spec_from_args(args)
+    batch, template, sources = convert_checkpoints(args.checkpoints, spec,
+                                                   progress=not args.quiet and not args.json)
+    path = save_graphs(args.output, batch, template, sources)
+    if args.json:
+        print(json.dumps({"output": str(path), "num_graphs": batch.num_graphs,
+                          "nodes_per_graph": template.num_nodes,
+                          "edges_per_graph": template.num_edges, "spec_hash": spec.hash,
+                          "sources": sources}, indent=2))
+    else:
+        print(f"converted {batch.num_graphs} checkpoints -> {path}")
+        print(graph_summary(batch))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from weightspace.demo import run_demo
+    from weightspace.graph import graph_summary
+
+    report = run_demo(args.workdir, seeds=args.seeds, epochs=args.epochs, progress=not args.quiet)
+    spec, template, batch = report["spec"], report["template"], report["batch"]
+    perm = report["permutation"]
+    if args.json:
+        out = {k: v for k, v in report.items() if k not in ("spec", "template", "batch")}
+        out["spec_hash"] = spec.hash
+        print(json.dumps(out, indent=2))
+        return 0 if report["round_trip_exact"] and perm["graph_relabelled"] else 1
+    accs = [r["test_accuracy"] for r in report["checkpoints"] if r["epoch"] == args.epochs]
+    print(f"== 1. trained {args.seeds} SmallCNNs on scikit-learn digits, {args.epochs} epochs each "
+          f"({len(report['checkpoints'])} checkpoints, {report['train_seconds']:.1f} s); final test "
+          f"accuracy {min(accs):.3f}..{max(accs):.3f}")
+    print("\n== 2. the weight-space spec, traced from the module")
+    print(spec.summary())
+    print(f"\n== 3. {batch.num_graphs} checkpoints -> one batched parameter graph "
+          f"({report['convert_seconds'] * 1e3:.0f} ms including file loading)")
+    print(graph_summary(batch))
+    print(f"\n   per graph: {template.num_nodes} nodes, {template.num_edges} edges, "
+          f"edge_dim {template.edge_dim} (3x3 kernels)")
+    print(f"   graph -> checkpoint round trip exact for every file: {report['round_trip_exact']}")
+    print(f"\n== 4. symmetry: a random permutation of every hidden space of {perm['checkpoint']}")
+    print(f"   moves {perm['values_moved']} weight values; test accuracy {perm['accuracy']:.4f} -> "
+          f"{perm['accuracy_permuted']:.4f}; graph = original with nodes relabelled: "
+          f"{perm['graph_relabelled']}")
+    if report["graph_file"]:
+        print(f"\ngraphs written to {report['graph_file']}")
+    ok = report["round_trip_exact"] and perm["graph_relabelled"] and \
+        perm["accuracy"] == perm["accuracy_permuted"]
+    print("\ndemo OK" if ok else "\ndemo FAILED")
+    return 0 if ok else 1
+
+
+# ------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="weightspace",
+        description="Neural networks as data: weight-space specs, parameter graphs, symmetries.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("inspect", help="trace a model and print its spaces, symmetries and parameters",
+                       description="Trace a model into its weight-space spec and print the neuron "
+                                   "spaces (sizes, symmetries), layers and parameters.")
+    _model_arguments(p)
+    p.add_argument("--json", action="store_true", help="print the spec as JSON")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("convert", help="convert checkpoints to parameter graphs",
+                       description="Convert checkpoints (.safetensors, or .pt/.pth state dicts "
+                                   "loaded with weights_only=True: a checkpoint never runs code) "
+                                   "to one batched PyG graph file.")
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
+                   help="checkpoint files, directories (searched recursively) or glob patterns")
+    _model_arguments(p)
+    p.add_argument("-o", "--output", required=True, help="output graph file (.pt)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("demo", help="run the main job end to end on built-in data",
+                       description="Train small CNNs on scikit-learn's digits, trace them, convert "
+                                   "their checkpoints to graphs, and check round trips and "
+                                   "permutation symmetry.")
+    p.add_argument("--workdir", default=None, help="keep checkpoints and graphs here "
+                                                   "(default: a temporary directory)")
+    p.add_argument("--seeds", type=int, default=8, help="models to train (default 8)")
+    p.add_argument("--epochs", type=int, default=4, help="epochs (= checkpoints) per model (default 4)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from weightspace.io import CheckpointError
+    from weightspace.spec.errors import SpecError
+
+    try:
+        return int(args.func(args) or 0)
+    except (CLIError, SpecError, CheckpointError, ValueError, FileNotFoundError) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"weightspace {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())
