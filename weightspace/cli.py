@@ -43,6 +43,12 @@ def _spec_from_args(args: argparse.Namespace):
     return trace(module, shape)
 
 
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal, and never with --quiet or --json."""
+    return not getattr(args, "quiet", False) and not getattr(args, "json", False) \
+        and sys.stderr.isatty()
+
+
 # ------------------------------------------------------------------ verbs
 def cmd_inspect(args: argparse.Namespace) -> int:
     from weightspace.graph import GraphTemplate
@@ -73,7 +79,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     spec = _spec_from_args(args)
     batch, template, sources = convert_checkpoints(args.checkpoints, spec,
-                                                   progress=not args.quiet and not args.json)
+                                                   progress=_progress(args))
     path = save_graphs(args.output, batch, template, sources)
     if args.json:
         print(json.dumps({"output": str(path), "num_graphs": batch.num_graphs,
@@ -90,7 +96,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from weightspace.demo import run_demo
     from weightspace.graph import graph_summary
 
-    report = run_demo(args.workdir, seeds=args.seeds, epochs=args.epochs, progress=not args.quiet)
+    report = run_demo(args.workdir, seeds=args.seeds, epochs=args.epochs, progress=_progress(args))
     spec, template, batch = report["spec"], report["template"], report["batch"]
     perm = report["permutation"]
     if args.json:

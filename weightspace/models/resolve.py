@@ -41,7 +41,7 @@ def parse_model_args(text: str | None) -> dict[str, Any]:
 def parse_input_shape(text: str) -> tuple[int, ...]:
     """``"1,3,32,32"`` -> ``(1, 3, 32, 32)``."""
     try:
-        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+        shape = tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
         raise ValueError(
             f"--input-shape must be comma-separated integers such as 1,3,32,32, got {text!r}"

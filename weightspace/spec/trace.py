@@ -96,12 +96,16 @@ def trace(module: nn.Module, example_input: Tensor | Sequence[int]) -> WeightSpa
     try:
         module.eval()
         with torch.no_grad():
+            try:
+                # run plainly first: ShapeProp prints a traceback of its own on failure
+                module(x)
+            except Exception as err:
+                raise TraceError(
+                    f"running {type(module).__name__} on an example input of shape "
+                    f"{list(x.shape)} failed: {str(err).splitlines()[0] if str(err) else err!r}; "
+                    f"is --input-shape right (batch axis first)?"
+                ) from err
             ShapeProp(gm).propagate(x)
-    except Exception as err:
-        raise TraceError(
-            f"running {type(module).__name__} on an example input of shape {list(x.shape)} "
-            f"failed: {err}"
-        ) from err
     finally:
         for m, mode in modes.items():
             m.training = mode
