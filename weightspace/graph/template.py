@@ -414,7 +414,9 @@ class GraphTemplate:
                     f"graph attribute {key!r} has shape {list(got)}, this architecture's "
                     f"template expects {list(shape)}; is the graph of a different architecture?"
                 )
-        scalars = batch.scalars if s else batch.x.new_zeros(b * s)
+        scalars = getattr(batch, "scalars", None)
+        if scalars is None:
+            scalars = batch.x.new_zeros(0)
         if scalars.numel() != b * s:
             raise StateDictMismatchError(
                 f"graph attribute 'scalars' has {scalars.numel()} values, expected {b * s}")

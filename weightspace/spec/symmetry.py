@@ -204,10 +204,13 @@ def random_scaling(
     if not 0 < low <= high:
         raise SpecError(f"need 0 < low <= high, got low={low}, high={high}")
     out = {}
-    lo, hi = torch.log(torch.tensor(low)), torch.log(torch.tensor(high))
+    # float64 factors so that a float64 network is rescaled (and restored by
+    # the inverse) to float64 precision; rescale casts to each parameter's dtype
+    lo = torch.log(torch.tensor(low, dtype=torch.float64))
+    hi = torch.log(torch.tensor(high, dtype=torch.float64))
     for s in spec.permutable_spaces:
         if s.scale_rules:
-            u = torch.rand(s.size, generator=generator)
+            u = torch.rand(s.size, generator=generator, dtype=torch.float64)
             out[s.name] = torch.exp(lo + (hi - lo) * u)
     return NeuronScaling("scale", out)
 
@@ -217,7 +220,7 @@ def random_sign_flip(spec: WeightSpaceSpec, generator: torch.Generator | None = 
     out = {}
     for s in spec.permutable_spaces:
         if s.sign_rules:
-            out[s.name] = torch.randint(0, 2, (s.size,), generator=generator).float() * 2 - 1
+            out[s.name] = torch.randint(0, 2, (s.size,), generator=generator).double() * 2 - 1
     return NeuronScaling("sign", out)
 
 

@@ -47,13 +47,17 @@ class _SpecTracer(fx.Tracer):
         return False
 
 
-def _example(example_input: Tensor | Sequence[int]) -> Tensor:
+def _example(module: nn.Module, example_input: Tensor | Sequence[int]) -> Tensor:
     if isinstance(example_input, Tensor):
         return example_input
     shape = tuple(int(s) for s in example_input)
     if not shape or any(s <= 0 for s in shape):
         raise TraceError(f"input shape {list(shape)} is not a valid tensor shape")
-    return torch.randn(shape)
+    # match the module's floating dtype and device (a float64 model needs float64 input)
+    ref = next((t for t in [*module.parameters(), *module.buffers()] if t.is_floating_point()), None)
+    dtype = ref.dtype if ref is not None else torch.get_default_dtype()
+    device = ref.device if ref is not None else None
+    return torch.randn(shape, dtype=dtype, device=device)
 
 
 def trace(module: nn.Module, example_input: Tensor | Sequence[int]) -> WeightSpaceSpec:
@@ -80,7 +84,7 @@ def trace(module: nn.Module, example_input: Tensor | Sequence[int]) -> WeightSpa
         >>> [s.name for s in spec.permutable_spaces]
         ['layers.0', 'layers.2']
     """
-    x = _example(example_input)
+    x = _example(module, example_input)
     tracer = _SpecTracer()
     try:
         graph = tracer.trace(module)
