@@ -264,7 +264,12 @@ def _norm(ctx: TraceContext, node: fx.Node, m: nn.Module, x: Value, op: str,
     target = x.layer
     if present or scalars:
         host = ctx.layers[x.layer]
-        if not (x.fresh and host.norm == "none" and x.layer != ctx.input_layer):
+        # share the producer's nodes only when the norm is its sole reader: in a
+        # pre-norm residual stream the un-normalised value goes on, and the
+        # stream's nodes must not carry the branch's γ/β
+        source = node.args[0] if node.args else None
+        sole_reader = isinstance(source, fx.Node) and len(source.users) == 1
+        if not (x.fresh and sole_reader and host.norm == "none" and x.layer != ctx.input_layer):
             target = ctx.new_layer(path, x.space, op, [(x.layer, "norm", None, 1.0)],
                                    (), _spatial(x.shape, x.dim if x.dim is not None else 1))
         ctx.layers[target].norm = norm_kind
