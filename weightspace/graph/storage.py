@@ -64,7 +64,7 @@ def load_graphs(path: str | Path) -> GraphFile:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise
+        raise  # the CLI reports a missing file as such
     except Exception as err:
         raise ValueError(f"{path}: not a readable weightspace graph file ({err})") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

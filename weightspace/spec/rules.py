@@ -513,8 +513,6 @@ def _register_builtins() -> None:
     }
     for cls, name in activation_modules.items():
         register_module_rule(cls, elementwise(name))
-    # ReLU6 subclasses Hardtanh but is not odd; register it after Hardtanh.
-    register_module_rule(nn.ReLU6, elementwise("relu6"))
     register_module_rule(nn.Identity, identity_rule)
     for cls in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
                 nn.FeatureAlphaDropout):

@@ -144,7 +144,7 @@ def _interpret(ctx: TraceContext, node: fx.Node, env: dict, outputs: list[Value]
             )
         shape = ctx.shape(node)
         dim = 1 if len(shape) >= 2 else 0
-        if len(shape) >= 3 and _first_user_is_linear(ctx, node):
+        if len(shape) >= 3 and _first_user_wants_last_axis(ctx, node):
             dim = len(shape) - 1
         space = ctx.new_space(shape[dim], "input")
         spatial = tuple(s for i, s in enumerate(shape) if i not in (0, dim))
@@ -185,7 +185,7 @@ def _interpret(ctx: TraceContext, node: fx.Node, env: dict, outputs: list[Value]
     return result
 
 
-def _first_user_is_linear(ctx: TraceContext, node: fx.Node) -> bool:
+def _first_user_wants_last_axis(ctx: TraceContext, node: fx.Node) -> bool:
     for user in node.users:
         if user.op == "call_module" and isinstance(ctx.module(user), nn.Linear):
             return True
@@ -213,7 +213,9 @@ def _finalise(ctx: TraceContext, module: nn.Module, x: Tensor, outputs: list[Val
         root = ctx.find_space(layer.space)
         if layer.activation and root not in activations:
             activations[root] = layer.activation
-    param_order = {name: i for i, name in enumerate(module.state_dict().keys())}
+    state = module.state_dict()
+    param_order = {name: i for i, name in enumerate(state)}
+    trainable = {name for name, _ in module.named_parameters()}
 
     def sort_rules(rs):
         return tuple(sorted(rs, key=lambda r: (param_order.get(r.parameter, -1), r.axis)))
@@ -263,9 +265,9 @@ def _finalise(ctx: TraceContext, module: nn.Module, x: Tensor, outputs: list[Val
 
     # parameters, in the module's state-dict order (the canonical flat order)
     parameters = []
-    for name, tensor in module.state_dict().items():
+    for name, tensor in state.items():
         p = ctx.parameters.get(name)
-        is_buffer = name not in dict(module.named_parameters())
+        is_buffer = name not in trainable
         if p is None:
             log.warning(
                 "state-dict entry %r is not used by forward; it is kept as an unused parameter "
