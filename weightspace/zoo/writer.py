@@ -143,6 +143,9 @@ class ZooWriter:
         self._given_specs = dict(specs or {})
         self._spec_cache: dict[str, WeightSpaceSpec] = {}
         self._groups: dict[str, _Group] = {}
+        # group -> column -> kind, of committed and pending rows: a row whose
+        # value cannot go in its column is refused before it is journaled.
+        self._column_kinds: dict[str, dict[str, str]] = {}
         self._keys: set[str] = set()
         self._rows_in_file = 0
         self._pending: list[_Prepared] = []
@@ -186,6 +189,9 @@ class ZooWriter:
                 spec = WeightSpaceSpec.from_dict(fmt.read_json_attr(group, "spec", where))
                 model = ModelDef.from_json(group.attrs["model"])
                 self._groups[name] = _Group(name, spec, model, model.to_json())
+                meta = group.get(fmt.META, {})
+                self._column_kinds[name] = {c: str(meta[c].attrs.get("kind", fmt.KIND_FLOAT))
+                                            for c in meta}
                 n = int(group.attrs.get("num_rows", 0))
                 keys = group[fmt.KEY].asstr()[:n]
                 self._keys.update(keys)
@@ -214,6 +220,7 @@ class ZooWriter:
         self._check_open()
         prepared: list[_Prepared] = []
         batch_keys: set[str] = set()
+        kinds = {g: dict(k) for g, k in self._column_kinds.items()}
         for row in rows:
             if self.has(row.key) or row.key in batch_keys:
                 if self.duplicates == "skip":
@@ -221,9 +228,11 @@ class ZooWriter:
                     continue
                 raise ZooError(f"{self.path}: the zoo already has a row with key {row.key!r}")
             prepared.append(self._prepare(row))
+            self._check_kinds(row, kinds.setdefault(row.group, {}))
             batch_keys.add(row.key)
         if not prepared:
             return 0
+        self._column_kinds = kinds
         self._journal(prepared)
         self._add_pending(prepared)
         self._maybe_commit()
@@ -268,6 +277,16 @@ class ZooWriter:
                            f"parameter {name!r}); pass nonfinite='flag' to store it flagged")
         metadata[fmt.FINITE] = finite
         return _Prepared(row.key, row.group, params, metadata)
+
+    def _check_kinds(self, row: ZooRow, kinds: dict[str, str]) -> None:
+        for name, value in row.metadata.items():
+            kind = fmt.value_kind(value)
+            merged = fmt.merge_kinds(kinds.get(name, kind), kind)
+            if merged is None:
+                raise ZooError(f"{self.path}: row {row.key!r}: metadata column {name!r} of group "
+                               f"{row.group!r} holds {kinds[name]} values, the row gives "
+                               f"{value!r}")
+            kinds[name] = merged
 
     def _add_pending(self, prepared: list[_Prepared]) -> None:
         self._pending.extend(prepared)
