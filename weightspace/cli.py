@@ -17,8 +17,8 @@ class CLIError(Exception):
     """Bad input discovered by the CLI itself."""
 
 
-def _model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True,
+def _model_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", required=required,
                    help="a built-in family (mlp, siren, cnn, resnet20, vgg), "
                         "package.module:callable, or path/to/file.py:callable")
     p.add_argument("--model-args", default=None, metavar="JSON",
@@ -74,12 +74,26 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_zoo(paths: list[str]) -> bool:
+    return len(paths) == 1 and paths[0].lower().endswith((".h5", ".hdf5"))
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from weightspace.graph import convert_checkpoints, graph_summary, save_graphs
 
-    spec = _spec_from_args(args)
-    batch, template, sources = convert_checkpoints(args.checkpoints, spec,
-                                                   progress=_progress(args))
+    if _is_zoo(args.checkpoints):
+        from weightspace.zoo.convert import convert_zoo
+
+        batch, template, sources = convert_zoo(args.checkpoints[0], group=args.group,
+                                               progress=_progress(args))
+        spec = template.spec
+    else:
+        if not args.model:
+            raise CLIError("--model is required to convert checkpoint files (a zoo .h5 "
+                           "carries its model)")
+        spec = _spec_from_args(args)
+        batch, template, sources = convert_checkpoints(args.checkpoints, spec,
+                                                       progress=_progress(args))
     path = save_graphs(args.output, batch, template, sources)
     if args.json:
         print(json.dumps({"output": str(path), "num_graphs": batch.num_graphs,
@@ -147,10 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert checkpoints to parameter graphs",
                        description="Convert checkpoints (.safetensors, or .pt/.pth state dicts "
                                    "loaded with weights_only=True: a checkpoint never runs code) "
-                                   "to one batched PyG graph file.")
+                                   "or the rows of a zoo (.h5) to one batched PyG graph file.")
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
-                   help="checkpoint files, directories (searched recursively) or glob patterns")
-    _model_arguments(p)
+                   help="checkpoint files, directories (searched recursively) or glob patterns; "
+                        "or one zoo file (.h5)")
+    _model_arguments(p, required=False)
+    p.add_argument("--group", default=None,
+                   help="with a zoo: the group (architecture) to convert, if it has several")
     p.add_argument("-o", "--output", required=True, help="output graph file (.pt)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -167,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
+
+    from weightspace.cli_zoo import add_zoo_parser
+
+    add_zoo_parser(sub)
     return parser
 
 
@@ -182,10 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (CLIError, SpecError, CheckpointError, ValueError, FileNotFoundError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"weightspace {args.command}: error: {message}", file=sys.stderr)
+        verb = " ".join(filter(None, [args.command, getattr(args, "zoo_command", None)]))
+        print(f"weightspace {verb}: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
-
-
 
 
 if __name__ == "__main__":

@@ -1,0 +1,221 @@
+"""``weightspace zoo ...``: build, inspect, verify, merge, export and import
+HDF5 checkpoint zoos. Each verb is one library call plus printing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not getattr(args, "quiet", False) and not getattr(args, "json", False) \
+        and sys.stderr.isatty()
+
+
+def _print_json(value) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from weightspace.zoo.build import build_zoo, parse_shard
+
+    result = build_zoo(args.recipe, args.output, size=args.size, workers=args.workers,
+                       shard=parse_shard(args.shard), data=args.data, overwrite=args.overwrite,
+                       progress=_progress(args))
+    if args.json:
+        _print_json(result.to_dict())
+    else:
+        skipped = f" ({result.jobs_skipped} already done)" if result.jobs_skipped else ""
+        print(f"built {result.recipe} ({result.size}, shard {result.shard[0]}/{result.shard[1]}): "
+              f"{result.jobs_run} job(s) run{skipped}, {result.rows_written} rows written, "
+              f"{result.rows_in_zoo} in {result.path}; {result.seconds:.1f} s, "
+              f"{result.networks_per_second:.1f} networks/s with {result.workers} worker(s)")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from weightspace.zoo.ops import format_info, zoo_info
+
+    info = zoo_info(args.zoo)
+    if args.json:
+        _print_json(info)
+    else:
+        print(format_info(info))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from weightspace.zoo.ops import verify_zoo
+
+    report = verify_zoo(args.zoo, progress=_progress(args))
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        for problem in report.problems:
+            print(f"problem: {problem}")
+        for bad in report.bad_rows[:50]:
+            print(f"bad row: group {bad.group!r} row {bad.row} (index {bad.index}, key "
+                  f"{bad.key!r}): {bad.reason}")
+        if len(report.bad_rows) > 50:
+            print(f"... and {len(report.bad_rows) - 50} more bad rows (--json lists all)")
+        status = "OK" if report.ok else f"FAILED: {len(report.bad_rows)} bad row(s), " \
+                                         f"{len(report.problems)} problem(s)"
+        print(f"{args.zoo}: {report.rows_checked} rows checked, {status}")
+    if not report.ok:
+        print(f"weightspace zoo verify: error: {args.zoo} has "
+              f"{len(report.bad_rows)} bad row(s) and {len(report.problems)} problem(s)",
+              file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from weightspace.zoo.ops import merge_zoos
+
+    rows = merge_zoos(args.inputs, args.output, overwrite=args.overwrite,
+                      progress=_progress(args))
+    if args.json:
+        _print_json({"output": args.output, "rows": rows, "inputs": args.inputs})
+    else:
+        print(f"merged {len(args.inputs)} zoo(s) -> {args.output}: {rows} rows")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from weightspace.zoo import Zoo
+    from weightspace.zoo.ops import export_zoo
+
+    index = None
+    if args.rows or args.group or args.last_checkpoint:
+        with Zoo(args.zoo) as zoo:
+            index = zoo.select(group=args.group, last_checkpoint=args.last_checkpoint,
+                               finite=None)
+            if args.rows:
+                wanted = _parse_rows(args.rows, len(zoo))
+                index = [i for i in wanted if i in set(index.tolist())]
+    paths = export_zoo(args.zoo, args.output, index=index, suffix=args.format,
+                       progress=_progress(args))
+    if args.json:
+        _print_json({"output": args.output, "files": [str(p) for p in paths]})
+    else:
+        print(f"exported {len(paths)} checkpoint(s) to {args.output} (index.json lists them)")
+    return 0
+
+
+def _parse_rows(text: str, count: int) -> list[int]:
+    from weightspace.zoo import ZooError
+
+    rows: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if ":" in part:
+                start, _, stop = part.partition(":")
+                rows += range(count)[slice(int(start) if start else None,
+                                           int(stop) if stop else None)]
+            elif part:
+                rows.append(int(part))
+        except ValueError:
+            raise ZooError(f"--rows: {part!r} is not a row index or start:stop range") from None
+    return rows
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from weightspace.zoo.importing import import_zoo
+
+    result = import_zoo(args.format, args.path, args.output, overwrite=args.overwrite,
+                        on_error=args.on_error, progress=_progress(args))
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"imported {result['rows']} row(s) in group(s) {', '.join(result['groups'])} "
+              f"from {args.path} ({args.format}) -> {args.output}")
+    return 0
+
+
+def add_zoo_parser(sub: argparse._SubParsersAction) -> None:
+    zoo = sub.add_parser("zoo", help="build, inspect, verify, merge, export and import zoos",
+                         description="HDF5 checkpoint zoos: one group per architecture, one "
+                                     "[N, P] row per checkpoint, metadata columns, per-row "
+                                     "checksums (docs/zoo-format.md).")
+    verbs = zoo.add_subparsers(dest="zoo_command", metavar="VERB", required=True)
+
+    p = verbs.add_parser("build", help="train a zoo from a recipe (digits-inr, digits-cnn ...)",
+                         description="Build a zoo from a recipe in datasets/ (or a recipe YAML "
+                                     "path). A killed build resumes when re-run with the same "
+                                     "arguments.")
+    p.add_argument("recipe", help="recipe name (digits-inr, digits-cnn, digits-mlp, digits-wild) "
+                                  "or path to a recipe YAML")
+    p.add_argument("-o", "--output", required=True, help="zoo file to write (.h5)")
+    p.add_argument("--size", default="tiny", choices=["tiny", "small", "full"],
+                   help="tiny builds in seconds; full is what the benchmark tables use")
+    p.add_argument("--workers", type=int, default=1, help="training processes (default 1)")
+    p.add_argument("--shard", default="0/1", metavar="I/N",
+                   help="build only jobs i, i+n, i+2n, ... (merge shards with `zoo merge`)")
+    p.add_argument("--data", default=None, metavar="FILE.npz",
+                   help="train on x_train, y_train, x_test, y_test from this .npz instead of "
+                        "scikit-learn's digits")
+    p.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
+    p.add_argument("--json", action="store_true", help="print the build summary as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_build)
+
+    p = verbs.add_parser("info", help="groups, rows, columns and value ranges of a zoo",
+                         description="Show a zoo's groups, rows, parameters, metadata columns "
+                                     "(ranges, distinct values) and file size.")
+    p.add_argument("zoo", help="zoo file (.h5)")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=cmd_info)
+
+    p = verbs.add_parser("verify", help="check every row's checksum; name the bad rows",
+                         description="Read every row, compare it with its stored CRC-32 and "
+                                     "check column lengths. Exit status 1 when anything is bad.")
+    p.add_argument("zoo", help="zoo file (.h5)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_verify)
+
+    p = verbs.add_parser("merge", help="join zoos (e.g. build shards) into one",
+                         description="Join zoos into a new file. Identical rows found in several "
+                                     "inputs are kept once; a key with different weights, or a "
+                                     "group holding different architectures, is an error and "
+                                     "nothing is written.")
+    p.add_argument("inputs", nargs="+", metavar="ZOO", help="input zoo files")
+    p.add_argument("-o", "--output", required=True, help="merged zoo file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_merge)
+
+    p = verbs.add_parser("export", help="write zoo rows as checkpoint files",
+                         description="Write rows as OUT/<group>/<key>.safetensors (or .pt) with "
+                                     "their metadata, plus OUT/index.json.")
+    p.add_argument("zoo", help="zoo file (.h5)")
+    p.add_argument("-o", "--output", required=True, help="output directory")
+    p.add_argument("--rows", default=None, help="row indices and ranges, e.g. 0,5,10:20")
+    p.add_argument("--group", default=None, help="only this group")
+    p.add_argument("--last-checkpoint", action="store_true",
+                   help="only the last checkpoint of each run")
+    p.add_argument("--format", default=".safetensors", choices=[".safetensors", ".pt"],
+                   help="checkpoint file format (default .safetensors)")
+    p.add_argument("--json", action="store_true", help="print the written files as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_export)
+
+    p = verbs.add_parser("import", help="convert a published zoo to our format",
+                         description="Import a published zoo: small-cnn-zoo (weights.npy, "
+                                     "layout.csv, metrics.csv.gz), inr-folder (DWSNets/NFN "
+                                     "per-INR .pth files and splits JSON), cnn-wild-park "
+                                     "(*/checkpoint.pt), model-zoos (Ray Tune trial folders). "
+                                     "Pickled files are read with torch.load(weights_only=True): "
+                                     "an import never runs code from the files.")
+    p.add_argument("format", choices=["small-cnn-zoo", "inr-folder", "cnn-wild-park",
+                                      "model-zoos"], help="the published format")
+    p.add_argument("path", help="the published zoo's folder")
+    p.add_argument("-o", "--output", required=True, help="zoo file to write (.h5)")
+    p.add_argument("--on-error", default="raise", choices=["raise", "skip"],
+                   help="a broken file in the folder: stop (default) or skip it with a warning")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_import)

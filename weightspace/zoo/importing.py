@@ -1,0 +1,72 @@
+"""``weightspace zoo import``: stream a published zoo's rows into a new zoo
+file, atomically.
+
+The output appears only when the whole import succeeded: rows go to a
+temporary sibling that is renamed over the output at the end, so a failed or
+killed import leaves an existing output untouched and no half-imported file
+that could be mistaken for a complete one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from weightspace.io import _fsync_directory, _temporary_sibling
+from weightspace.zoo.errors import ZooError
+from weightspace.zoo.writer import ZooWriter, journal_path
+
+logger = logging.getLogger(__name__)
+
+
+def import_zoo(format: str, path: str | os.PathLike[str], output: str | os.PathLike[str],
+               overwrite: bool = False, on_error: str = "raise", progress: bool = False,
+               batch_rows: int = 256, **options: Any) -> dict[str, Any]:
+    """Import the published zoo at ``path`` (see
+    :data:`weightspace.zoo.importers.IMPORT_FORMATS`) into ``output``.
+
+    Args:
+        on_error: ``"raise"``: a broken file stops the import (nothing is
+            written); ``"skip"``: it is skipped with a logged warning.
+        options: passed to the format's reader.
+
+    Returns:
+        ``{"output", "format", "source", "rows", "groups"}``.
+    """
+    from weightspace.zoo.importers import iter_import
+
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise ZooError(f"{output} exists; pass --overwrite to replace it")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = _temporary_sibling(output)
+    temporary.unlink()
+    groups: set[str] = set()
+    rows = 0
+    try:
+        with ZooWriter(temporary, attrs={"import_format": format, "import_source": str(path)},
+                       sync=False, commit_rows=4096) as writer, \
+                tqdm(unit="row", desc=f"import {format}", disable=not progress) as bar:
+            batch = []
+            for row in iter_import(format, path, on_error=on_error, **options):
+                batch.append(row)
+                groups.add(row.group)
+                if len(batch) >= batch_rows:
+                    rows += writer.extend(batch)
+                    bar.update(len(batch))
+                    batch = []
+            if batch:
+                rows += writer.extend(batch)
+                bar.update(len(batch))
+        os.replace(temporary, output)
+        _fsync_directory(output.parent)
+    finally:
+        temporary.unlink(missing_ok=True)
+        journal_path(temporary).unlink(missing_ok=True)
+    logger.info("imported %d rows from %s (%s) into %s", rows, path, format, output)
+    return {"output": str(output), "format": format, "source": str(path), "rows": rows,
+            "groups": sorted(groups)}
