@@ -1,0 +1,89 @@
+"""``weightspace zoo ...`` and ``weightspace convert zoo.h5``: subprocess runs
+on real files for the main paths, in-process ``main()`` for the rest."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
+
+from tests.zoo.zoo_helpers import make_zoo, mlp_row
+from weightspace.cli import main
+from weightspace.graph import load_graphs
+from weightspace.zoo import Zoo, ZooWriter
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.run([sys.executable, "-m", "weightspace", *args], capture_output=True,
+                          text=True, timeout=600, cwd=root)
+
+
+@pytest.fixture()
+def zoo_path(tmp_path):
+    return make_zoo(tmp_path / "zoo.h5")
+
+
+def test_help_on_every_zoo_verb(capsys):
+    for verb in ("build", "info", "verify", "merge", "export", "import"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["zoo", verb, "--help"])
+        assert exit_info.value.code == 0
+        assert f"usage: weightspace zoo {verb}" in capsys.readouterr().out
+
+
+def test_info_verify_convert_as_subprocess(zoo_path, tmp_path):
+    out = run("zoo", "info", str(zoo_path), "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["rows"] == 18
+    with h5py.File(zoo_path, "r+") as handle:
+        handle["mlp/params"][2, 1] += 1.0
+    out = run("zoo", "verify", str(zoo_path))
+    assert out.returncode == 1
+    assert "bad row: group 'mlp' row 2 (index 2, key 'run002/epoch0'): checksum mismatch" \
+        in out.stdout
+    assert out.stderr.strip().splitlines() == [
+        f"weightspace zoo verify: error: {zoo_path} has 1 bad row(s) and 0 problem(s)"]
+    out = run("convert", str(zoo_path), "--group", "siren", "-o", str(tmp_path / "g.pt"))
+    assert out.returncode == 0, out.stderr
+    graphs = load_graphs(tmp_path / "g.pt")
+    assert graphs.batch.num_graphs == 6
+    assert graphs.sources[0] == f"{zoo_path}#inr000/view0"
+
+
+def test_bad_input_one_line_errors(tmp_path, capsys):
+    not_a_zoo = tmp_path / "x.h5"
+    not_a_zoo.write_bytes(b"garbage" * 100)
+    for argv in (["zoo", "info", str(not_a_zoo)],
+                 ["zoo", "info", str(tmp_path / "missing.h5")],
+                 ["zoo", "build", "no-such-recipe", "-o", str(tmp_path / "z.h5")],
+                 ["zoo", "build", "digits-cnn", "-o", str(tmp_path / "z.h5"), "--shard", "3/2"],
+                 ["zoo", "export", str(not_a_zoo), "-o", str(tmp_path / "out")],
+                 ["convert", str(not_a_zoo), "-o", str(tmp_path / "g.pt")]):
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("weightspace "), (argv, err)
+    assert not (tmp_path / "z.h5").exists()
+
+
+def test_merge_export_in_process(tmp_path, capsys):
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    with ZooWriter(a) as writer:
+        writer.extend(mlp_row(i) for i in range(3))
+    with ZooWriter(b) as writer:
+        writer.extend(mlp_row(i) for i in range(3, 5))
+    merged = tmp_path / "m.h5"
+    assert main(["zoo", "merge", str(a), str(b), "-o", str(merged), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 5
+    with Zoo(merged) as zoo:
+        assert len(zoo) == 5
+    assert main(["zoo", "merge", str(a), str(b), "-o", str(merged)]) == 1
+    assert "exists" in capsys.readouterr().err
+    assert main(["zoo", "export", str(merged), "-o", str(tmp_path / "out"), "--rows", "1:3",
+                 "--format", ".pt"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out" / "mlp").iterdir()) == [
+        "run001__epoch0.pt", "run002__epoch0.pt"]
