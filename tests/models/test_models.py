@@ -197,7 +197,8 @@ def test_vgg11() -> None:
 
 
 def test_registry_contents() -> None:
-    assert set(BUILTIN_MODELS) == {"mlp", "siren", "cnn", "resnet20", "vgg"}
+    assert set(BUILTIN_MODELS) == {"mlp", "siren", "cnn", "resnet20", "vgg", "wildcnn", "tf_cnn",
+                                   "inr_siren", "cnn_park", "modelzoo_cnn"}
     for name, family in BUILTIN_MODELS.items():
         assert family.name == name and family.description
     assert default_input_shape("mlp") == (1, 64)

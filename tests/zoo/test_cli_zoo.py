@@ -87,3 +87,31 @@ def test_merge_export_in_process(tmp_path, capsys):
                  "--format", ".pt"]) == 0
     assert sorted(p.name for p in (tmp_path / "out" / "mlp").iterdir()) == [
         "run001__epoch0.pt", "run002__epoch0.pt"]
+
+
+def test_import_inr_folder_atomic_and_skip(tmp_path, capsys):
+    from tests.zoo import fixtures
+
+    source = tmp_path / "inrs"
+    made = fixtures.write_dwsnets_inrs(source)
+    output = tmp_path / "inrs.h5"
+    assert main(["zoo", "import", "inr-folder", str(source), "-o", str(output), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["rows"] == len(made)
+    with Zoo(output) as zoo:
+        assert sorted(zoo.column("key")) == sorted(made)
+        assert set(zoo.column("split")) == {"train", "val", "test"}
+    before = output.read_bytes()
+    broken = source / sorted(made)[0]
+    broken.write_bytes(broken.read_bytes()[:100])
+    # A broken file stops the import; the existing output is untouched.
+    assert main(["zoo", "import", "inr-folder", str(source), "-o", str(output),
+                 "--overwrite"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and sorted(made)[0] in err[0]
+    assert output.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inrs", "inrs.h5"]
+    assert main(["zoo", "import", "inr-folder", str(source), "-o", str(output), "--overwrite",
+                 "--on-error", "skip"]) == 0
+    with Zoo(output) as zoo:
+        assert len(zoo) == len(made) - 1

@@ -5,13 +5,18 @@ standard layers, so the weight-space spec can be derived from it without any
 custom rule. Families are available by short name through
 :data:`BUILTIN_MODELS` and :func:`build_model`:
 
-============ ===========================================
-``mlp``      :class:`MLP`
-``siren``    :class:`SIREN` (Sitzmann et al. 2020)
-``cnn``      :class:`SmallCNN` (Unterthiner et al. 2020)
-``resnet20`` :func:`resnet20` (He et al. 2016)
-``vgg``      :class:`VGG` (Simonyan & Zisserman 2015)
-============ ===========================================
+================ ================================================================
+``mlp``          :class:`MLP`
+``siren``        :class:`SIREN` (Sitzmann et al. 2020)
+``cnn``          :class:`SmallCNN` (Small-CNN-Zoo style, Unterthiner et al. 2020)
+``resnet20``     :func:`resnet20` (He et al. 2016)
+``vgg``          :class:`VGG` (Simonyan & Zisserman 2015)
+``wildcnn``      :class:`WildCNN` (CNN Wild Park-style mixed CNNs for digits)
+``tf_cnn``       ``TFCNN``: the Small CNN Zoo's Keras CNN (importer)
+``inr_siren``    ``SirenINR``: DWSNets/NFN INRs (importer)
+``cnn_park``     ``ParkCNN``: CNN Wild Park files (importer)
+``modelzoo_cnn`` ``ModelZooCNN``: Model Zoos CNNs (importer)
+================ ================================================================
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from weightspace.models.registry import (
 from weightspace.models.resnet import BasicBlock, ResNet, resnet20
 from weightspace.models.siren import SIREN
 from weightspace.models.vgg import VGG, vgg11
+from weightspace.models.wild import WildCNN
 
 __all__ = [
     "ACTIVATION_NAMES",
@@ -35,6 +41,7 @@ __all__ = [
     "MLP",
     "SIREN",
     "VGG",
+    "WildCNN",
     "BasicBlock",
     "ModelFamily",
     "ResNet",

@@ -16,10 +16,15 @@ from typing import Any
 from torch import nn
 
 from weightspace.models.cnn import SmallCNN
+from weightspace.models.cnn_park import ParkCNN
+from weightspace.models.inr_siren import SirenINR
 from weightspace.models.mlp import MLP
+from weightspace.models.model_zoos import ZOO_VARIANTS, ModelZooCNN
 from weightspace.models.resnet import resnet20
 from weightspace.models.siren import SIREN
+from weightspace.models.tf_cnn import TFCNN
 from weightspace.models.vgg import VGG
+from weightspace.models.wild import WildCNN
 
 # Side length of the built-in digits data (sklearn's 8x8 handwritten digits),
 # the image size every family's default input shape is made for.
@@ -89,7 +94,7 @@ BUILTIN_MODELS: dict[str, ModelFamily] = {
         ModelFamily(
             name="cnn",
             constructor=SmallCNN,
-            description="Small CNN Zoo network (Unterthiner et al. 2020).",
+            description="Small-CNN-Zoo-style CNN for 8x8 digits (same-padded; see tf_cnn).",
             default_input_shape=lambda a: (1, a["in_channels"], DIGITS_SIZE, DIGITS_SIZE),
         ),
         ModelFamily(
@@ -103,6 +108,37 @@ BUILTIN_MODELS: dict[str, ModelFamily] = {
             constructor=VGG,
             description="VGG-style network with conv -> linear flatten (Simonyan & Zisserman 2015).",
             default_input_shape=lambda a: (1, a["in_channels"], a["input_size"], a["input_size"]),
+        ),
+        ModelFamily(
+            name="wildcnn",
+            constructor=WildCNN,
+            description="Mixed plain/residual CNNs of CNN Wild Park (Kofinas et al. 2024).",
+            default_input_shape=lambda a: (1, a["in_channels"], DIGITS_SIZE, DIGITS_SIZE),
+        ),
+        ModelFamily(
+            name="tf_cnn",
+            constructor=TFCNN,
+            description="Keras CNN of the Small CNN Zoo: valid-padded strided convs, GAP, dense.",
+            default_input_shape=lambda a: (1, a["in_channels"], 28, 28),
+        ),
+        ModelFamily(
+            name="inr_siren",
+            constructor=SirenINR,
+            description="SIREN INR with an output offset (DWSNets/NFN INR data sets).",
+            default_input_shape=lambda a: (1, a["in_features"]),
+        ),
+        ModelFamily(
+            name="cnn_park",
+            constructor=ParkCNN,
+            description="CNN Wild Park network with its keys and residuals (Kofinas et al. 2024).",
+            default_input_shape=lambda a: (1, a["channels"][0], 32, 32),
+        ),
+        ModelFamily(
+            name="modelzoo_cnn",
+            constructor=ModelZooCNN,
+            description="CNN / CNN2 / CNN3 of the Model Zoos data set (Schürholt et al. 2022).",
+            default_input_shape=lambda a: (1, a["channels_in"], ZOO_VARIANTS[a["variant"]][0],
+                                           ZOO_VARIANTS[a["variant"]][0]),
         ),
     )
 }
