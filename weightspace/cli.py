@@ -109,35 +109,41 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from weightspace.demo import run_demo
     from weightspace.graph import graph_summary
+    from weightspace.zoo.ops import format_info
 
-    report = run_demo(args.workdir, seeds=args.seeds, epochs=args.epochs, progress=_progress(args))
+    report = run_demo(args.workdir, recipe=args.recipe, size=args.size,
+                      progress=_progress(args))
     spec, template, batch = report["spec"], report["template"], report["batch"]
     perm = report["permutation"]
+    ok = report["round_trip_exact"] and perm["graph_relabelled"] and report["verified"] and \
+        perm["accuracy"] == perm["accuracy_permuted"]
     if args.json:
         out = {k: v for k, v in report.items() if k not in ("spec", "template", "batch")}
         out["spec_hash"] = spec.hash
         print(json.dumps(out, indent=2))
-        return 0 if report["round_trip_exact"] and perm["graph_relabelled"] else 1
-    accs = [r["test_accuracy"] for r in report["checkpoints"] if r["epoch"] == args.epochs]
-    print(f"== 1. trained {args.seeds} SmallCNNs on scikit-learn digits, {args.epochs} epochs each "
-          f"({len(report['checkpoints'])} checkpoints, {report['train_seconds']:.1f} s); final test "
-          f"accuracy {min(accs):.3f}..{max(accs):.3f}")
-    print("\n== 2. the weight-space spec, traced from the module")
+        return 0 if ok else 1
+    build = report["build"]
+    print(f"== 1. weightspace zoo build {build['recipe']} --size {build['size']}: trained "
+          f"{build['jobs_run']} runs on scikit-learn digits, {build['rows_written']} checkpoints "
+          f"in {build['seconds']:.1f} s")
+    print("\n== 2. weightspace zoo info")
+    print(format_info(report["info"]))
+    print(f"   checksums verified: {report['verified']}")
+    print(f"\n== 3. the weight-space spec of group {report['group']!r}, traced from the module")
     print(spec.summary())
-    print(f"\n== 3. {batch.num_graphs} checkpoints -> one batched parameter graph "
-          f"({report['convert_seconds'] * 1e3:.0f} ms including file loading)")
+    print(f"\n== 4. weightspace convert: {batch.num_graphs} zoo rows -> one batched parameter "
+          f"graph ({report['convert_seconds'] * 1e3:.0f} ms)")
     print(graph_summary(batch))
     print(f"\n   per graph: {template.num_nodes} nodes, {template.num_edges} edges, "
-          f"edge_dim {template.edge_dim} (3x3 kernels)")
-    print(f"   graph -> checkpoint round trip exact for every file: {report['round_trip_exact']}")
-    print(f"\n== 4. symmetry: a random permutation of every hidden space of {perm['checkpoint']}")
-    print(f"   moves {perm['values_moved']} weight values; test accuracy {perm['accuracy']:.4f} -> "
+          f"edge_dim {template.edge_dim}")
+    print(f"   graph -> zoo row round trip exact for every row: {report['round_trip_exact']}")
+    print(f"\n== 5. symmetry: a random permutation of every hidden space of {perm['checkpoint']}")
+    print(f"   moves {perm['values_moved']} weight values; test accuracy {perm['accuracy']:.4f} "
+          f"(recorded in the zoo: {perm['recorded_accuracy']:.4f}) -> "
           f"{perm['accuracy_permuted']:.4f}; graph = original with nodes relabelled: "
           f"{perm['graph_relabelled']}")
-    if report["graph_file"]:
-        print(f"\ngraphs written to {report['graph_file']}")
-    ok = report["round_trip_exact"] and perm["graph_relabelled"] and \
-        perm["accuracy"] == perm["accuracy_permuted"]
+    if report["zoo"]:
+        print(f"\nzoo in {report['zoo']}, graphs in {report['graph_file']}")
     print("\ndemo OK" if ok else "\ndemo FAILED")
     return 0 if ok else 1
 
@@ -174,13 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("demo", help="run the main job end to end on built-in data",
-                       description="Train small CNNs on scikit-learn's digits, trace them, convert "
-                                   "their checkpoints to graphs, and check round trips and "
-                                   "permutation symmetry.")
+                       description="Build a tiny zoo of small CNNs trained on scikit-learn's "
+                                   "digits, show and verify it, convert its rows to graphs, and "
+                                   "check round trips and permutation symmetry.")
     p.add_argument("--workdir", default=None, help="keep checkpoints and graphs here "
                                                    "(default: a temporary directory)")
-    p.add_argument("--seeds", type=int, default=8, help="models to train (default 8)")
-    p.add_argument("--epochs", type=int, default=4, help="epochs (= checkpoints) per model (default 4)")
+    p.add_argument("--recipe", default="digits-cnn", help="zoo recipe (default digits-cnn)")
+    p.add_argument("--size", default="tiny", choices=["tiny", "small", "full"],
+                   help="zoo size (default tiny)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)

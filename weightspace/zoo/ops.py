@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------ info
 def _column_summary(values: np.ndarray, kind: str) -> dict[str, Any]:
-    if kind == fmt.KIND_STR:
+    if kind in (fmt.KIND_STR, fmt.KIND_BOOL):
         distinct, counts = np.unique(values.astype(str), return_counts=True)
         top = np.argsort(-counts)[:5]
         return {"kind": kind, "distinct": int(len(distinct)),
@@ -104,9 +104,10 @@ def format_info(info: dict[str, Any]) -> str:
                      + (f", {group['non_finite_rows']} non-finite" if group["non_finite_rows"]
                         else ""))
         for name, column in group["columns"].items():
-            if column["kind"] == fmt.KIND_STR:
+            if column["kind"] in (fmt.KIND_STR, fmt.KIND_BOOL):
                 common = ", ".join(f"{k} ({v})" for k, v in column["most_common"].items())
-                lines.append(f"    {name:<24} str    {column['distinct']} distinct: {common}")
+                lines.append(f"    {name:<24} {column['kind']:<6} {column['distinct']} distinct: "
+                             f"{common}")
             elif "min" in column:
                 missing = f", {column['missing']} missing" if column["missing"] else ""
                 lines.append(f"    {name:<24} {column['kind']:<6} {column['min']:.6g} .. "
