@@ -56,6 +56,13 @@ TARGET_CHUNK_BYTES = 256 * 1024
 MAX_CHUNK_ROWS = 4096
 
 
+# Per-row 1-D datasets (key, checksum, finite, metadata columns): compressed,
+# so a group of a few rows does not pay for a whole empty chunk per column
+# (a zoo of hundreds of small architectures has hundreds of groups).
+COLUMN_STORAGE: dict[str, Any] = {"chunks": (1024,), "compression": "gzip",
+                                  "compression_opts": 4}
+
+
 def value_kind(value: Any) -> str:
     if isinstance(value, (bool, np.bool_)):
         return KIND_BOOL

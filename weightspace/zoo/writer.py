@@ -390,9 +390,9 @@ class ZooWriter:
                              chunks=(fmt.chunk_rows(p, group.dtype.itemsize), max(p, 1)),
                              compression="gzip", compression_opts=4, shuffle=True)
             g.create_dataset(fmt.KEY, shape=(0,), maxshape=(None,), dtype=fmt.STRING_DTYPE,
-                             chunks=(1024,))
+                             **fmt.COLUMN_STORAGE)
             g.create_dataset(fmt.CHECKSUM, shape=(0,), maxshape=(None,), dtype=np.uint32,
-                             chunks=(4096,))
+                             **fmt.COLUMN_STORAGE)
             g.create_group(fmt.META)
         g = handle[group.name]
         start = int(g.attrs["num_rows"])
@@ -457,7 +457,7 @@ def _write_metadata(g: h5py.Group, start: int, rows: list[_Prepared], where: str
     finite = np.array([r.metadata[fmt.FINITE] for r in rows], dtype=bool)
     if fmt.FINITE not in g:
         g.create_dataset(fmt.FINITE, shape=(start,), maxshape=(None,), dtype=bool,
-                         chunks=(4096,), fillvalue=True)
+                         fillvalue=True, **fmt.COLUMN_STORAGE)
     _append(g[fmt.FINITE], start, finite)
     names = list(dict.fromkeys(n for r in rows for n in r.metadata if n != fmt.FINITE))
     names += [n for n in meta if n not in names]
@@ -479,15 +479,15 @@ def _write_metadata(g: h5py.Group, start: int, rows: list[_Prepared], where: str
         if name in meta and old_kind != kind:
             old = meta[name][:start].astype(dtype)
             del meta[name]
-            column = meta.create_dataset(name, data=old, maxshape=(None,), chunks=(4096,),
-                                         dtype=dtype)
+            column = meta.create_dataset(name, data=old, maxshape=(None,), dtype=dtype,
+                                         **fmt.COLUMN_STORAGE)
         elif name in meta:
             column = meta[name]
         else:
             fill = fmt.MISSING.get(kind)
             column = meta.create_dataset(
                 name, data=np.full(start, fill, dtype=object if kind == fmt.KIND_STR else dtype),
-                maxshape=(None,), chunks=(4096,), dtype=dtype)
+                maxshape=(None,), dtype=dtype, **fmt.COLUMN_STORAGE)
         column.attrs["kind"] = kind
         fill = fmt.MISSING.get(kind)
         filled = [fill if v is None else v for v in values]
