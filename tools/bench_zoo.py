@@ -19,7 +19,7 @@ ratios compare the formats, not the disk.
 
 Usage::
 
-    python tools/bench_zoo.py [--rows 10000] [--build-recipe digits-inr --build-size small]
+    python tools/bench_zoo.py [--rows 10000] [--build-recipe digits-cnn --build-size small]
                               [--json out.json]
 """
 
@@ -137,29 +137,34 @@ def bench_reading(zoo_path: Path, pt_dir: Path, params: torch.Tensor, folder_row
 
 
 STREAM = """
-import resource, sys, torch
+import sys, numpy as np
 from weightspace.zoo import Zoo
-def rss(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
 with Zoo(sys.argv[1], cache_bytes=0) as zoo:
     zoo.column("label")
-    before = rss()
+    before = peak = rss()
     total = 0.0
     for chunk in zoo.iter_chunks():
         total += float(chunk.params.sum())
-    print(before, rss())
+        peak = max(peak, rss())
+    whole = zoo.params(np.arange(len(zoo)))
+    print(before, peak, rss())
 """
 
 
 def bench_memory(zoo_path: Path) -> dict:
     out = subprocess.run([sys.executable, "-c", STREAM, str(zoo_path)], capture_output=True,
                          text=True, check=True)
-    before, after = (float(x) for x in out.stdout.split())
+    before, peak, whole = (float(x) for x in out.stdout.split())
     with Zoo(zoo_path) as zoo:
         group = zoo.group("siren")
         chunk_mb = group.chunk_rows * group.spec.num_parameters * 4 / 2**20
         raw_mb = len(zoo) * group.spec.num_parameters * 4 / 2**20
-    return {"rss_before_stream_mib": before, "peak_rss_mib": after,
-            "growth_mib": after - before, "zoo_raw_mib": raw_mb, "chunk_mib": chunk_mb}
+    return {"rss_before_stream_mib": before, "peak_rss_streaming_mib": peak,
+            "growth_mib": peak - before, "growth_reading_all_mib": whole - before,
+            "zoo_raw_mib": raw_mb, "chunk_mib": chunk_mb}
 
 
 def bench_build(recipe: str, size: str, folder: Path, workers_list: list[int]) -> dict:
@@ -182,7 +187,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10000, help="SIRENs in the read benchmark")
     parser.add_argument("--folder-rows", type=int, default=3000,
                         help="rows actually read from the .pt folder (the rest is scaled)")
-    parser.add_argument("--build-recipe", default="digits-inr")
+    parser.add_argument("--build-recipe", default="digits-cnn")
     parser.add_argument("--build-size", default="small")
     parser.add_argument("--workers", default="1,2", help="worker counts for the build benchmark")
     parser.add_argument("--skip-build", action="store_true")
@@ -215,9 +220,9 @@ def main() -> None:
               f"{r['folder_rows_per_s']:>11,.0f} {r['folder_mb_per_s']:>9.1f} "
               f"{r['ratio']:>6.1f}x")
     memory = report["memory"]
-    print(f"streaming memory: peak RSS {memory['peak_rss_mib']:.0f} MiB, growth while streaming "
-          f"{memory['growth_mib']:.1f} MiB for a {memory['zoo_raw_mib']:.0f} MiB zoo in "
-          f"{memory['chunk_mib']:.2f} MiB chunks")
+    print(f"streaming memory: RSS grows {memory['growth_mib']:.1f} MiB while streaming a "
+          f"{memory['zoo_raw_mib']:.0f} MiB zoo in {memory['chunk_mib']:.2f} MiB chunks "
+          f"(reading it all at once: +{memory['growth_reading_all_mib']:.0f} MiB)")
     if "build" in report:
         build = report["build"]
         for workers, r in build["by_workers"].items():

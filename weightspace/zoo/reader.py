@@ -400,7 +400,8 @@ class Zoo:
             return torch.from_numpy(
                 self._chunk(group, local // group.chunk_rows)[local % group.chunk_rows].copy())
         indices = self._indices(index)
-        groups = set(self.column("group", indices))
+        positions = np.unique(np.searchsorted(self._starts, indices, side="right") - 1)
+        groups = [list(self.groups)[p] for p in positions]
         if len(groups) > 1:
             raise ZooError(f"rows from several groups ({', '.join(sorted(groups))}) have "
                            f"different parameter counts; read them per group")
