@@ -9,7 +9,7 @@ would give for the graphs in that order.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,28 +28,29 @@ _EDGE_KEYS = ("edge_attr", "edge_type")
 
 def graphs_for_rows(zoo: Zoo, indices: np.ndarray,
                     templates: Mapping[str, GraphTemplate] | None = None,
-                    device: torch.device | str | None = None) -> Batch:
+                    device: torch.device | str | None = None,
+                    transform: Callable[[Tensor, str], Tensor] | None = None) -> Batch:
     """Graphs of the rows ``indices`` (global) in that order.
 
     Args:
         templates: group name -> template; defaults to :meth:`Zoo.templates`
             (one shared feature layout for all groups).
+        transform: ``transform(params, group_name)`` applied to each group's
+            ``[k, P]`` block before it becomes graphs (augmentation).
     """
     templates = templates if templates is not None else zoo.templates()
     groups = zoo.column("group", indices)
     names = list(dict.fromkeys(groups))
-    if len(names) == 1:
-        params = torch.from_numpy(zoo._gather(indices))
-        if device is not None:
-            params = params.to(device)
-        return templates[names[0]].to_batch(params)
     parts = []
     for name in names:
-        rows = indices[groups == name]
-        params = torch.from_numpy(zoo._gather(rows))
+        params = torch.from_numpy(zoo._gather(indices[groups == name]))
         if device is not None:
             params = params.to(device)
+        if transform is not None:
+            params = transform(params, name)
         parts.append((templates[name], templates[name].to_batch(params)))
+    if len(parts) == 1:
+        return parts[0][1]
     position = {name: i for i, name in enumerate(names)}
     order_group = np.array([position[g] for g in groups])
     order_local = np.zeros(len(indices), dtype=np.int64)

@@ -215,32 +215,11 @@ class ZooGraphDataset(Dataset):
         gather per architecture, augmentation on the whole block)."""
         positions = np.asarray(positions, dtype=np.int64)
         rows = self.rows[positions]
-        if self.weight_transform is None:
-            batch = graphs_for_rows(self.zoo, rows, self.templates)
-        else:
-            batch = self._augmented_batch(rows)
+        transform = self._augment if self.weight_transform is not None else None
+        batch = graphs_for_rows(self.zoo, rows, self.templates, transform=transform)
         arch = torch.from_numpy(self._groups_of_rows[positions].astype(np.int64))
         self._attach(batch, torch.from_numpy(rows), arch)
         return batch
-
-    def _augmented_batch(self, rows: np.ndarray) -> Batch:
-        from weightspace.zoo.batching import interleave
-
-        groups = self.zoo.column("group", rows)
-        names = list(dict.fromkeys(groups))
-        parts = []
-        for name in names:
-            params = self._augment(torch.from_numpy(self.zoo._gather(rows[groups == name])), name)
-            parts.append((self.templates[name], self.templates[name].to_batch(params)))
-        if len(parts) == 1:
-            return parts[0][1]
-        position = {name: i for i, name in enumerate(names)}
-        order_group = np.array([position[g] for g in groups])
-        order_local = np.zeros(len(rows), dtype=np.int64)
-        for g in range(len(names)):
-            where = np.flatnonzero(order_group == g)
-            order_local[where] = np.arange(len(where))
-        return interleave(parts, order_group, order_local)
 
     def loader(self, batch_size: int = 32, shuffle: bool = False, drop_last: bool = False,
                seed: int | None = None) -> Iterator[Batch]:
