@@ -27,6 +27,7 @@ from torch_geometric.data import Batch, Data, Dataset
 
 from weightspace.zoo.batching import graphs_for_rows
 from weightspace.zoo.errors import ZooError
+from weightspace.zoo.mixup import WeightMixup
 from weightspace.zoo.reader import IndexLike, Zoo
 from weightspace.zoo.transforms import WeightTransform
 
@@ -110,6 +111,11 @@ class ZooGraphDataset(Dataset):
         weight_transform: a :class:`~weightspace.zoo.transforms.WeightTransform`
             applied to the flat parameters before the graph is built.
         transform: a PyG transform applied to each ``Data`` (per-sample path).
+        mixup: a :class:`~weightspace.zoo.mixup.WeightMixup` applied by
+            :meth:`batch` / :meth:`loader` after ``weight_transform``: each
+            graph is mixed with a partner of the same architecture in the
+            batch, and the batch gets ``y_partner``, ``lam`` and
+            ``partner_row`` (the partner's zoo row) for the mixed loss. Single items (``dataset[i]``) are never mixed.
         seed: seeds the augmentation generator (each DataLoader worker
             derives its own from it).
         templates: group -> :class:`~weightspace.graph.GraphTemplate`
@@ -130,11 +136,13 @@ class ZooGraphDataset(Dataset):
         transform: Callable[[Data], Data] | None = None,
         seed: int = 0,
         templates: Mapping[str, Any] | None = None,
+        mixup: WeightMixup | None = None,
     ) -> None:
         self.zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
         self.rows = self.zoo._indices(index) if index is not None else self.zoo.select()
         self.target = target
         self.weight_transform = weight_transform
+        self.mixup = mixup
         self.templates = dict(templates) if templates is not None else self.zoo.templates()
         self.group_names = list(self.zoo.groups)
         self.seed = int(seed)
@@ -215,10 +223,30 @@ class ZooGraphDataset(Dataset):
         gather per architecture, augmentation on the whole block)."""
         positions = np.asarray(positions, dtype=np.int64)
         rows = self.rows[positions]
-        transform = self._augment if self.weight_transform is not None else None
-        batch = graphs_for_rows(self.zoo, rows, self.templates, transform=transform)
+        groups = self.zoo.column("group", rows)
+        partner = np.arange(len(rows))
+        lam = torch.ones(len(rows))
+
+        def transform(params: Tensor, group: str) -> Tensor:
+            params = self._augment(params, group)
+            if self.mixup is None:
+                return params
+            mixed = self.mixup(params, self.zoo.group(group).spec, self.generator())
+            where = np.flatnonzero(groups == group)
+            partner[where] = where[mixed.partner.numpy()]
+            lam[torch.from_numpy(where)] = mixed.lam
+            return mixed.params
+
+        needs_transform = self.weight_transform is not None or self.mixup is not None
+        batch = graphs_for_rows(self.zoo, rows, self.templates,
+                                transform=transform if needs_transform else None)
         arch = torch.from_numpy(self._groups_of_rows[positions].astype(np.int64))
         self._attach(batch, torch.from_numpy(rows), arch)
+        if self.mixup is not None:
+            batch.lam = lam
+            batch.partner_row = torch.from_numpy(rows[partner])
+            if self._targets is not None:
+                batch.y_partner = self._targets[torch.from_numpy(rows[partner])]
         return batch
 
     def loader(self, batch_size: int = 32, shuffle: bool = False, drop_last: bool = False,
