@@ -19,21 +19,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-from torch.func import functional_call
 
+from weightspace.classify import evaluate
 from weightspace.data import load_digits_split
 from weightspace.graph import load_graphs, save_graphs
 from weightspace.spec import WeightSpaceSpec
 
 log = logging.getLogger(__name__)
-
-
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, state_dict=None) -> float:
-    model.eval()
-    with torch.no_grad():
-        out = model(x) if state_dict is None else functional_call(model, state_dict, (x,))
-    return float((out.argmax(1) == y).float().mean())
 
 
 def run_demo(workdir: str | Path | None = None, recipe: str = "digits-cnn", size: str = "tiny",
@@ -82,8 +74,8 @@ def run_demo(workdir: str | Path | None = None, recipe: str = "digits-cnn", size
             data = load_digits_split(flat=group.model_def.family == "mlp")
             perm = spec.random_permutation(torch.Generator().manual_seed(0))
             permuted = spec.permute(state, perm)
-            acc = accuracy(model, data.x_test, data.y_test, state)
-            acc_perm = accuracy(model, data.x_test, data.y_test, permuted)
+            acc = evaluate(model, data.x_test, data.y_test, state)[1]
+            acc_perm = evaluate(model, data.x_test, data.y_test, permuted)[1]
             moved = sum(int((state[k] != permuted[k]).sum()) for k in state)
             g = template.to_data(spec.flatten(state))
             gp = template.to_data(spec.flatten(permuted))
