@@ -15,7 +15,7 @@ def test_training_learns_digits_and_is_seeded():
     results = []
     for _ in range(2):
         torch.manual_seed(0)
-        model = train_classifier(build_model("mlp", hidden=[32]), data, epochs=5, seed=1)
+        model = train_classifier(build_model("mlp", hidden=[32]), data, epochs=10, seed=1)
         results.append(model.state_dict())
         loss, acc = evaluate(model, data.x_test, data.y_test)
         assert acc > 0.9 and loss < 0.4
