@@ -1,0 +1,67 @@
+"""Merging models in weight space.
+
+* :mod:`~weightspace.merge.methods` — data-free merges of state dicts:
+  interpolation, weighted averaging, task arithmetic (Ilharco et al. 2023),
+  TIES-Merging (Yadav et al. 2023) and DARE (Yu et al. 2024).
+* :mod:`~weightspace.merge.batchnorm` — BatchNorm reset: re-estimate running
+  statistics of a merged model from data.
+* :mod:`~weightspace.merge.repair` — REPAIR (Jordan et al. 2023): rescale the
+  channels of an interpolated model to the interpolated endpoint statistics.
+* :mod:`~weightspace.merge.barrier` — the linear interpolation path between
+  two models, its loss/accuracy barrier (Frankle et al. 2020; Entezari et al.
+  2022; Ainsworth et al. 2023) and a plot of it.
+* :mod:`~weightspace.merge.config` — mergekit-style YAML merge configs.
+
+Interpolating two independently trained networks needs them aligned first
+(:mod:`weightspace.align`); every function here takes state dicts that may or
+may not be aligned.
+"""
+
+from weightspace.merge.barrier import (
+    barrier,
+    interpolation_path,
+    plot_barrier,
+)
+from weightspace.merge.batchnorm import reset_batchnorm
+from weightspace.merge.config import (
+    ALIGN_METHODS,
+    ArchitectureConfig,
+    MergeConfig,
+    MergeConfigError,
+    ModelEntry,
+    load_merge_config,
+)
+from weightspace.merge.methods import (
+    MERGE_METHODS,
+    average,
+    dare,
+    interpolate,
+    merge,
+    task_arithmetic,
+    ties,
+)
+from weightspace.merge.repair import RepairPoint, activation_stats, repair, repair_points
+
+__all__ = [
+    "ALIGN_METHODS",
+    "MERGE_METHODS",
+    "ArchitectureConfig",
+    "MergeConfig",
+    "MergeConfigError",
+    "ModelEntry",
+    "RepairPoint",
+    "activation_stats",
+    "average",
+    "barrier",
+    "dare",
+    "interpolate",
+    "interpolation_path",
+    "load_merge_config",
+    "merge",
+    "plot_barrier",
+    "repair",
+    "repair_points",
+    "reset_batchnorm",
+    "task_arithmetic",
+    "ties",
+]
