@@ -192,8 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
+    from weightspace.cli_align import add_align_parsers
     from weightspace.cli_zoo import add_zoo_parser
 
+    add_align_parsers(sub, _model_arguments)
     add_zoo_parser(sub)
     return parser
 
