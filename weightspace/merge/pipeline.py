@@ -86,7 +86,7 @@ def align_checkpoints(path_a, path_b, model: nn.Module, spec: WeightSpaceSpec,
                                for p in result.permutation.perms.values()),
     }
     if data is not None:
-        split = load_split(data, spec.input_shape)
+        split = load_split(data, (1, *spec.input_shape))
         scores = Scores()
         scores.add("b", model, state_b, split)
         scores.add("b_aligned", model, aligned, split)
@@ -155,7 +155,7 @@ def merge_checkpoints(
     if align == "weight":
         states = _align_all(states, spec, base_state, seed)
     merged = merge(method, states, base=base_state, weights=weights, **dict(parameters or {}))
-    split = load_split(data, spec.input_shape) if data is not None else None
+    split = load_split(data, (1, *spec.input_shape)) if data is not None else None
     corrections = []
     if split is not None and repair:
         merged_model, model_a, model_b = (_loaded(model, s) for s in (merged, *states))
@@ -208,7 +208,7 @@ def interpolate_checkpoints(path_a, path_b, model: nn.Module, spec: WeightSpaceS
     from weightspace.merge.barrier import barrier, interpolation_path, plot_barrier
 
     state_a, state_b = load_checked(path_a, spec), load_checked(path_b, spec)
-    split = load_split(data, spec.input_shape)
+    split = load_split(data, (1, *spec.input_shape))
     aligned = spec.permute(state_b, weight_matching(state_a, state_b, spec, seed=seed).permutation)
     bn_inputs = split.x_train if _has_batchnorm(model) else None
     curves: dict[str, list[dict[str, float]]] = {}
