@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m weightspace demo
+	$(PY) -m weightspace demo --workdir out/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q

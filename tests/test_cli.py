@@ -42,7 +42,7 @@ def mlp_checkpoints(tmp_path_factory) -> tuple[Path, list[dict]]:
 
 
 def test_help_on_every_verb():
-    for verb in ("inspect", "convert", "demo"):
+    for verb in ("inspect", "convert", "demo", "align", "merge", "interpolate"):
         out = run(verb, "--help")
         assert out.returncode == 0, out.stderr
         assert "usage: weightspace " + verb in out.stdout
@@ -149,3 +149,6 @@ def test_demo_runs_end_to_end(tmp_path):
     assert report["permutation"]["accuracy"] == pytest.approx(
         report["permutation"]["recorded_accuracy"])
     assert (tmp_path / "graphs.pt").exists() and (tmp_path / "digits-cnn-tiny.h5").exists()
+    barriers = report["merging"]["barriers"]
+    assert barriers["weight matching"]["loss_barrier"] < barriers["naive"]["loss_barrier"]
+    assert (tmp_path / "barrier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -115,8 +115,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
                       progress=_progress(args))
     spec, template, batch = report["spec"], report["template"], report["batch"]
     perm = report["permutation"]
+    merging = report["merging"]
+    aligned_barrier = merging["barriers"]["weight matching"]["loss_barrier"]
     ok = report["round_trip_exact"] and perm["graph_relabelled"] and report["verified"] and \
-        perm["accuracy"] == perm["accuracy_permuted"]
+        perm["accuracy"] == perm["accuracy_permuted"] and \
+        aligned_barrier < merging["barriers"]["naive"]["loss_barrier"]
     if args.json:
         out = {k: v for k, v in report.items() if k not in ("spec", "template", "batch")}
         out["spec_hash"] = spec.hash
@@ -142,8 +145,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"(recorded in the zoo: {perm['recorded_accuracy']:.4f}) -> "
           f"{perm['accuracy_permuted']:.4f}; graph = original with nodes relabelled: "
           f"{perm['graph_relabelled']}")
+    merging = report["merging"]
+    scores = merging["scores"]
+    print("\n== 6. weightspace align / merge / interpolate: two MLPs trained from seeds 0 and 1")
+    print(f"   test accuracy: A {scores['model0_aligned']['accuracy']:.4f}, B "
+          f"{scores['model1_aligned']['accuracy']:.4f}; averaged naively "
+          f"{merging['naive_merged']['accuracy']:.4f}, after weight matching "
+          f"{scores['merged']['accuracy']:.4f}")
+    for name, values in merging["barriers"].items():
+        print(f"   {name:<18} loss barrier {values['loss_barrier']:.4f}, accuracy barrier "
+              f"{100 * values['accuracy_barrier']:.1f} points")
     if report["zoo"]:
-        print(f"\nzoo in {report['zoo']}, graphs in {report['graph_file']}")
+        print(f"\nzoo in {report['zoo']}, graphs in {report['graph_file']}, barrier plot in "
+              f"{merging['plot']}")
     print("\ndemo OK" if ok else "\ndemo FAILED")
     return 0 if ok else 1
 

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from weightspace.classify import evaluate
+from weightspace.classify import evaluate, train_classifier
 from weightspace.data import load_digits_split
 from weightspace.graph import load_graphs, save_graphs
+from weightspace.models import build_model
 from weightspace.spec import WeightSpaceSpec
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,10 @@ def run_demo(workdir: str | Path | None = None, recipe: str = "digits-cnn", size
     3. convert its largest group to one batched graph, save and reload it, and
        check the round trip graph -> parameters against the zoo rows;
     4. permute the hidden neurons of the best network: same predictions, and
-       its graph is the original one with nodes relabelled.
+       its graph is the original one with nodes relabelled;
+    5. train two MLPs from different seeds, align them by weight matching,
+       merge them, and write the loss/accuracy barrier plot (naive against
+       aligned).
     """
     from weightspace.zoo import Zoo, build_zoo, verify_zoo, zoo_info
     from weightspace.zoo.convert import convert_zoo
@@ -83,6 +87,8 @@ def run_demo(workdir: str | Path | None = None, recipe: str = "digits-cnn", size
             recorded = float(zoo.column("test_accuracy", [best])[0])
             key = str(zoo.column("key", [best])[0])
 
+        merging = _align_and_merge(workdir)
+
         return {
             "workdir": str(workdir) if tmp is None else None,
             "zoo": str(zoo_path) if tmp is None else None,
@@ -104,7 +110,33 @@ def run_demo(workdir: str | Path | None = None, recipe: str = "digits-cnn", size
                 "values_moved": moved,
                 "graph_relabelled": relabelled,
             },
+            "merging": merging,
         }
     finally:
         if tmp is not None:
             tmp.cleanup()
+
+
+def _align_and_merge(workdir: Path, epochs: int = 8) -> dict[str, Any]:
+    """Two digits MLPs from different seeds -> aligned, merged, barrier plot."""
+    from weightspace.io import save_state_dict
+    from weightspace.merge.pipeline import interpolate_checkpoints, merge_checkpoints
+    from weightspace.spec import trace
+
+    model_args = {"hidden": [64, 64]}
+    data = load_digits_split(flat=True)
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = train_classifier(build_model("mlp", **model_args), data, epochs=epochs, seed=seed)
+        paths.append(save_state_dict(model.state_dict(), workdir / f"mlp-seed{seed}.safetensors"))
+    spec = trace(model, (1, 64))
+    merged = merge_checkpoints(paths, model, spec, workdir / "mlp-merged.safetensors",
+                               data="digits")
+    naive = merge_checkpoints(paths, model, spec, workdir / "mlp-merged-naive.safetensors",
+                              align="none", data="digits")
+    path = interpolate_checkpoints(paths[0], paths[1], model, spec, data="digits",
+                                   plot=workdir / "barrier.png", json_path=workdir / "barrier.json")
+    return {"models": [str(p) for p in paths], "scores": merged["scores"],
+            "naive_merged": naive["scores"]["merged"],
+            "barriers": path["barriers"], "plot": path["plot"]}
