@@ -1,0 +1,28 @@
+"""Alignment and merging of models modulo their permutation symmetries.
+
+* :func:`weight_matching` / :func:`align`: Git Re-Basin weight matching
+  (Ainsworth et al. 2023) — permute B into A's frame.
+* :func:`sinkhorn_matching`: a differentiable, entropy-regularised relaxation
+  of weight matching (soft permutations by Sinkhorn) plus a hard projection.
+* :func:`merge_many`: Git Re-Basin MergeMany — align N models to a common
+  frame and average them.
+
+Everything is driven by a :class:`~weightspace.WeightSpaceSpec`, so residual
+streams, conv→linear flattens, GroupNorm groups and BatchNorm statistics are
+handled without per-architecture code.
+"""
+
+from weightspace.align.merge_many import MergeManyResult, merge_many
+from weightspace.align.sinkhorn import SinkhornResult, sinkhorn_matching, soft_permute
+from weightspace.align.weight_matching import WeightMatchingResult, align, weight_matching
+
+__all__ = [
+    "MergeManyResult",
+    "SinkhornResult",
+    "WeightMatchingResult",
+    "align",
+    "merge_many",
+    "sinkhorn_matching",
+    "soft_permute",
+    "weight_matching",
+]
