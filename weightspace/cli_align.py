@@ -112,10 +112,11 @@ def add_align_parsers(sub: argparse._SubParsersAction, model_arguments) -> None:
     p.add_argument("b", help="checkpoint to permute")
     model_arguments(p)
     p.add_argument("-o", "--output", required=True, help="aligned B (.safetensors or .pt)")
-    p.add_argument("--method", default="weight", choices=["weight"],
-                   help="weight matching (activation matching: not yet)")
+    p.add_argument("--method", default="weight", choices=["weight", "activation"],
+                   help="weight matching (data-free) or activation matching (needs --data)")
     p.add_argument("--data", default=None,
-                   help="digits or file.npz: also report B's accuracy before and after")
+                   help="digits or file.npz: activations for --method activation, and B's "
+                        "accuracy before and after")
     p.add_argument("--seed", type=int, default=0, help="order of the matching sweeps")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_align)
@@ -132,7 +133,8 @@ def add_align_parsers(sub: argparse._SubParsersAction, model_arguments) -> None:
     p.add_argument("-o", "--output", required=True, help="merged checkpoint")
     p.add_argument("--config", default=None, help="mergekit-style YAML (models, merge_method, "
                                                   "base_model, parameters, architecture ...)")
-    p.add_argument("--align", default="weight", choices=["weight", "none"])
+    p.add_argument("--align", default="weight", choices=["weight", "activation", "none"],
+                   help="bring the models into one frame first (activation needs --data)")
     p.add_argument("--method", default="average", choices=["average", "task-arith", "ties",
                                                            "dare"])
     p.add_argument("--base", default=None, help="base model of task vectors (task-arith, "
@@ -150,9 +152,10 @@ def add_align_parsers(sub: argparse._SubParsersAction, model_arguments) -> None:
 
     p = sub.add_parser("interpolate", help="loss/accuracy barrier along A -> B, naive and "
                                            "aligned",
-                       description="Evaluate the linear path between A and B (25 points), naive "
-                                   "and after weight matching, with BatchNorm reset when the "
-                                   "model has BatchNorm; write a plot and JSON.")
+                       description="Evaluate the linear path between A and B (25 points), naive, "
+                                   "after weight matching and after activation matching, with "
+                                   "BatchNorm reset when the model has BatchNorm; write a plot "
+                                   "and JSON.")
     p.add_argument("a")
     p.add_argument("b")
     model_arguments(p)

@@ -4,6 +4,8 @@
   (Ainsworth et al. 2023) — permute B into A's frame.
 * :func:`sinkhorn_matching`: a differentiable, entropy-regularised relaxation
   of weight matching (soft permutations by Sinkhorn) plus a hard projection.
+* :func:`activation_matching`: Git Re-Basin activation matching — match
+  neurons by the correlation of their activations on data.
 * :func:`merge_many`: Git Re-Basin MergeMany — align N models to a common
   frame and average them.
 
@@ -12,6 +14,7 @@ streams, conv→linear flattens, GroupNorm groups and BatchNorm statistics are
 handled without per-architecture code.
 """
 
+from weightspace.align.activation_matching import activation_matching
 from weightspace.align.merge_many import MergeManyResult, merge_many
 from weightspace.align.sinkhorn import SinkhornResult, sinkhorn_matching, soft_permute
 from weightspace.align.weight_matching import WeightMatchingResult, align, weight_matching
@@ -20,6 +23,7 @@ __all__ = [
     "MergeManyResult",
     "SinkhornResult",
     "WeightMatchingResult",
+    "activation_matching",
     "align",
     "merge_many",
     "sinkhorn_matching",

@@ -69,12 +69,14 @@ def align_checkpoints(path_a, path_b, model: nn.Module, spec: WeightSpaceSpec,
         and (with ``data``) the accuracy of B before and after, which must
         agree: alignment does not change the function.
     """
-    from weightspace.align import weight_matching
-
-    if method != "weight":
-        raise ValueError(f"alignment method {method!r} is not available; use 'weight'")
+    if method not in ("weight", "activation"):
+        raise ValueError(f"alignment method {method!r} is not available; use 'weight' or "
+                         f"'activation'")
+    if method == "activation" and data is None:
+        raise ValueError("activation matching needs data: pass --data digits or --data file.npz")
     state_a, state_b = load_checked(path_a, spec), load_checked(path_b, spec)
-    result = weight_matching(state_a, state_b, spec, seed=seed)
+    split = load_split(data, (1, *spec.input_shape)) if data is not None else None
+    result = _match(method, model, state_a, state_b, spec, split, seed)
     aligned = spec.permute(state_b, result.permutation)
     save_state_dict(aligned, output)
     report = {
@@ -85,13 +87,21 @@ def align_checkpoints(path_a, path_b, model: nn.Module, spec: WeightSpaceSpec,
         "permuted_spaces": sum(not torch.equal(p, torch.arange(len(p)))
                                for p in result.permutation.perms.values()),
     }
-    if data is not None:
-        split = load_split(data, (1, *spec.input_shape))
+    if split is not None:
         scores = Scores()
         scores.add("b", model, state_b, split)
         scores.add("b_aligned", model, aligned, split)
         report["scores"] = scores.results
     return report
+
+
+def _match(method: str, model: nn.Module, state_a, state_b, spec: WeightSpaceSpec, split,
+           seed: int):
+    from weightspace.align import activation_matching, weight_matching
+
+    if method == "activation":
+        return activation_matching(model, state_a, state_b, spec, split.x_train, seed=seed)
+    return weight_matching(state_a, state_b, spec, seed=seed)
 
 
 def _distance(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> float:
@@ -100,17 +110,22 @@ def _distance(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> float:
 
 
 def _align_all(states: list[dict[str, Tensor]], spec: WeightSpaceSpec,
-               base: dict[str, Tensor] | None, seed: int) -> list[dict[str, Tensor]]:
+               base: dict[str, Tensor] | None, seed: int, method: str = "weight",
+               model: nn.Module | None = None, split=None) -> list[dict[str, Tensor]]:
     """Every state in one frame: the base's if given, else (two models) the
-    first one's, else MergeMany's common frame."""
-    from weightspace.align import merge_many, weight_matching
+    first one's, else MergeMany's common frame (weight matching only)."""
+    from weightspace.align import merge_many
+
+    def match(a, b):
+        return _match(method, model, a, b, spec, split, seed).permutation
 
     if base is not None:
-        return [spec.permute(s, weight_matching(base, s, spec, seed=seed).permutation)
-                for s in states]
+        return [spec.permute(s, match(base, s)) for s in states]
     if len(states) == 2:
-        perm = weight_matching(states[0], states[1], spec, seed=seed).permutation
-        return [states[0], spec.permute(states[1], perm)]
+        return [states[0], spec.permute(states[1], match(states[0], states[1]))]
+    if method != "weight":
+        raise ValueError("more than two models are merged with MergeMany, which uses weight "
+                         "matching; pass --align weight, or --base")
     result = merge_many(states, spec, seed=seed)
     return [spec.permute(s, p) for s, p in zip(states, result.permutations, strict=True)]
 
@@ -144,18 +159,20 @@ def merge_checkpoints(
     from weightspace.merge.methods import merge
     from weightspace.merge.repair import repair as repair_model
 
-    if align not in ("weight", "none"):
-        raise ValueError(f"--align {align!r} is not available; use 'weight' or 'none'")
+    if align not in ("weight", "activation", "none"):
+        raise ValueError(f"--align {align!r} is not available; use weight, activation or none")
+    if align == "activation" and data is None:
+        raise ValueError("--align activation needs data: pass --data digits or --data file.npz")
     if len(paths) < 2 and base is None:
         raise ValueError("merging needs at least two checkpoints (or one and --base)")
     if repair and (method != "average" or len(paths) != 2 or data is None):
         raise ValueError("--repair needs exactly two checkpoints, --method average and --data")
     states = [load_checked(p, spec) for p in paths]
     base_state = load_checked(base, spec) if base is not None else None
-    if align == "weight":
-        states = _align_all(states, spec, base_state, seed)
-    merged = merge(method, states, base=base_state, weights=weights, **dict(parameters or {}))
     split = load_split(data, (1, *spec.input_shape)) if data is not None else None
+    if align != "none":
+        states = _align_all(states, spec, base_state, seed, align, model, split)
+    merged = merge(method, states, base=base_state, weights=weights, **dict(parameters or {}))
     corrections = []
     if split is not None and repair:
         merged_model, model_a, model_b = (_loaded(model, s) for s in (merged, *states))
@@ -182,7 +199,7 @@ def merge_checkpoints(
     if split is not None:
         scores = Scores()
         for i, state in enumerate(states):
-            scores.add(f"model{i}" + ("_aligned" if align == "weight" else ""), model, state,
+            scores.add(f"model{i}" + ("_aligned" if align != "none" else ""), model, state,
                        split)
         scores.add("merged", model, merged, split)
         report["scores"] = scores.results
@@ -201,10 +218,10 @@ def interpolate_checkpoints(path_a, path_b, model: nn.Module, spec: WeightSpaceS
                             plot: str | os.PathLike[str] | None = None,
                             json_path: str | os.PathLike[str] | None = None,
                             repair: bool = False) -> dict[str, Any]:
-    """Loss and accuracy along the linear path from A to B, naive and after
-    weight matching (and with REPAIR / BN reset when asked or needed), the
-    barriers, a PNG plot and a JSON file."""
-    from weightspace.align import weight_matching
+    """Loss and accuracy along the linear path from A to B, naive, after
+    weight matching and after activation matching (and with REPAIR / BN reset
+    when asked or needed), the barriers, a PNG plot and a JSON file."""
+    from weightspace.align import activation_matching, weight_matching
     from weightspace.merge.barrier import barrier, interpolation_path, plot_barrier
 
     state_a, state_b = load_checked(path_a, spec), load_checked(path_b, spec)
@@ -216,6 +233,9 @@ def interpolate_checkpoints(path_a, path_b, model: nn.Module, spec: WeightSpaceS
                   batchnorm_reset_inputs=bn_inputs)
     curves["naive"] = interpolation_path(model, state_a, state_b, **common)
     curves["weight matching"] = interpolation_path(model, state_a, aligned, **common)
+    by_activations = spec.permute(state_b, activation_matching(
+        model, state_a, state_b, spec, split.x_train, seed=seed).permutation)
+    curves["activation matching"] = interpolation_path(model, state_a, by_activations, **common)
     if repair:
         curves["weight matching + REPAIR"] = interpolation_path(
             model, state_a, aligned, repair_inputs=split.x_train, spec=spec, **common)
