@@ -19,7 +19,7 @@ logit ensemble and the naive average. Plots of pair 0 go to ``--plot-dir``.
 
 Usage::
 
-    python tools/bench_merge.py [--archs mlp3x512,cnn,resnet20x1,resnet20x4] [--pairs 3]
+    python tools/bench_merge.py [--archs mlp3x512,cnn,resnet20x1,resnet20x4,resnet20x1-ln] [--pairs 3]
                                 [--steps 25] [--merge-many 8] [--plot-dir docs/img] [--json out.json]
 """
 
@@ -45,6 +45,7 @@ ARCHS = {
     "cnn": ("cnn", {"channels": [32, 32, 32]}, (1, 1, 8, 8), 15, 3e-3),
     "resnet20x1": ("resnet20", {"width": 1, "norm": "batch"}, (1, 1, 8, 8), 8, 3e-3),
     "resnet20x4": ("resnet20", {"width": 4, "norm": "batch"}, (1, 1, 8, 8), 8, 3e-3),
+    "resnet20x1-ln": ("resnet20", {"width": 1, "norm": "layer"}, (1, 1, 8, 8), 8, 3e-3),
 }
 
 
