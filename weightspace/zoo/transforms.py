@@ -28,6 +28,7 @@ architecture, not only MLPs. Example::
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -105,7 +106,7 @@ def _activations(spec: WeightSpaceSpec) -> str:
 
 
 # -------------------------------------------------------------- base class
-class WeightTransform:
+class WeightTransform(ABC):
     """Base class of the weight-space augmentations.
 
     Subclasses implement :meth:`forward` on a ``[B, P]`` batch;
@@ -144,11 +145,11 @@ class WeightTransform:
         out = self.forward(batch, spec, generator)
         return out if params.dim() == 2 else out.squeeze(0)
 
+    @abstractmethod
     def forward(
         self, params: Tensor, spec: WeightSpaceSpec, generator: torch.Generator | None
     ) -> Tensor:
         """Transform a checked ``[B, P]`` batch; must return a new tensor."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -31,6 +31,7 @@ import functools
 import importlib
 import math
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,7 @@ class Job:
     config: Mapping[str, Any]
 
 
-class Recipe:
+class Recipe(ABC):
     """Base class of the zoo recipes; one subclass per recipe.
 
     Subclasses implement :meth:`jobs`, :meth:`load_data` and :meth:`run`.
@@ -124,17 +125,17 @@ class Recipe:
             raise ZooError(f"recipe {self.name!r}: '{name}' must be a mapping")
         return value
 
+    @abstractmethod
     def jobs(self, size: str) -> list[Job]:
         """Every job of ``size``, deterministically."""
-        raise NotImplementedError
 
+    @abstractmethod
     def load_data(self, data: str | os.PathLike | None):
         """The training data: digits (``None``) or the user's ``.npz``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def run(self, job: Job, data) -> list[ZooRow]:
         """Train the job's networks; its checkpoints as rows."""
-        raise NotImplementedError
 
 
 # ----------------------------------------------------------- finding recipes

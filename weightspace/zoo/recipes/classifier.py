@@ -32,6 +32,7 @@ test_accuracy`` (the whole test set, one forward pass in eval mode),
 from __future__ import annotations
 
 import os
+from abc import abstractmethod
 from collections.abc import Mapping
 from typing import Any
 
@@ -191,11 +192,13 @@ class ClassifierRecipe(Recipe):
         return data.split.x_train, data.split.x_test
 
     # ------------------------------------------------------------ models
+    @abstractmethod
     def model_def(self, job_config: Mapping[str, Any], data: ImageData) -> ModelDef:
-        raise NotImplementedError
+        """The run's model definition (constructor arguments only, no dropout)."""
 
+    @abstractmethod
     def group(self, job_config: Mapping[str, Any], data: ImageData) -> str:
-        raise NotImplementedError
+        """The zoo group (architecture) of the run's rows."""
 
     def architecture_metadata(self, job_config: Mapping[str, Any],
                               model_def: ModelDef) -> dict[str, Any]:
