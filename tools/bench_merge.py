@@ -37,6 +37,7 @@ import torch
 from weightspace.align import merge_many, weight_matching
 from weightspace.classify import evaluate, load_split, train_classifier
 from weightspace.merge import average, barrier, interpolation_path, plot_barrier, reset_batchnorm
+from weightspace.merge.batchnorm import batchnorm_modules
 from weightspace.models import build_model
 from weightspace.spec import trace
 
@@ -47,10 +48,6 @@ ARCHS = {
     "resnet20x4": ("resnet20", {"width": 4, "norm": "batch"}, (1, 1, 8, 8), 8, 3e-3),
     "resnet20x1-ln": ("resnet20", {"width": 1, "norm": "layer"}, (1, 1, 8, 8), 8, 3e-3),
 }
-
-
-def has_batchnorm(model: torch.nn.Module) -> bool:
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def train_models(name: str, count: int, data) -> tuple[list[dict], torch.nn.Module]:
@@ -77,7 +74,7 @@ def bench_arch(name: str, pairs: int, steps: int, plot_dir: Path | None) -> dict
     states, model = train_models(name, 2 * pairs, data)
     train_seconds = time.perf_counter() - start
     spec = trace(model, shape)
-    bn = data.x_train if has_batchnorm(model) else None
+    bn = data.x_train if bool(batchnorm_modules(model)) else None
     try:
         from weightspace.align.activation_matching import activation_matching
     except ImportError:
@@ -131,7 +128,7 @@ def bench_merge_many(name: str, count: int) -> dict:
     seconds = time.perf_counter() - start
     merged = result.merged
     naive = average(states)
-    if has_batchnorm(model):
+    if bool(batchnorm_modules(model)):
         for state_name in ("merged", "naive"):
             clone = copy.deepcopy(model)
             clone.load_state_dict(merged if state_name == "merged" else naive)

@@ -7,10 +7,7 @@ import argparse
 import json
 import sys
 
-
-def _progress(args: argparse.Namespace) -> bool:
-    return not getattr(args, "quiet", False) and not getattr(args, "json", False) \
-        and sys.stderr.isatty()
+from weightspace.cli import _progress
 
 
 def _print_json(value) -> None:

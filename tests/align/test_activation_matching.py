@@ -165,5 +165,5 @@ def test_bad_arguments_are_rejected():
     nan = dict(sd)
     key = next(k for k in sd if k.endswith("weight"))
     nan[key] = torch.full_like(sd[key], float("nan"))
-    with pytest.raises(ValueError, match="not finite"):
+    with pytest.raises(ValueError, match="contains NaN values"):
         activation_matching(model, sd, nan, spec, x)

@@ -47,7 +47,11 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from weightspace.align.weight_matching import WeightMatchingResult, solve_assignment
+from weightspace.align.weight_matching import (
+    WeightMatchingResult,
+    check_states,
+    solve_assignment,
+)
 from weightspace.merge.batchnorm import _first_tensor
 from weightspace.merge.repair import RepairPoint, _Eval, repair_points
 from weightspace.models.activations import make_activation
@@ -209,11 +213,7 @@ def activation_matching(
         raise ValueError(f"cost must be one of {_COSTS}, got {cost!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    for label, state in (("state_a", state_a), ("state_b", state_b)):
-        if not isinstance(state, Mapping):
-            raise TypeError(f"{label} must be a state dict (a mapping of tensors), "
-                            f"got {type(state).__name__}")
-        spec.check_state_dict(state)
+    check_states(spec, state_a=state_a, state_b=state_b)
 
     points = activation_points(model, spec)
     modules = dict(model.named_modules())

@@ -71,8 +71,10 @@ __all__ = ["WeightMatchingResult", "align", "weight_matching"]
 
 
 # ---------------------------------------------------------------- checking
-def check_states(spec: WeightSpaceSpec, **states: Mapping[str, Tensor]) -> None:
-    """Check that every state dict matches ``spec`` and holds finite values.
+def check_states(spec: WeightSpaceSpec, finite: bool = True,
+                 **states: Mapping[str, Tensor]) -> None:
+    """Check that every state dict matches ``spec`` and (``finite=True``)
+    holds finite values.
 
     Raises:
         StateDictMismatchError: a missing/extra key or a wrong shape (the
@@ -85,6 +87,8 @@ def check_states(spec: WeightSpaceSpec, **states: Mapping[str, Tensor]) -> None:
             raise TypeError(f"{label} must be a state dict (a mapping of tensors), "
                             f"got {type(state).__name__}")
         spec.check_state_dict(state)
+        if not finite:
+            continue
         for p in spec.parameters:
             t = state[p.name]
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
@@ -548,11 +552,8 @@ def weight_matching(
     """
     if max_sweeps < 0:
         raise ValueError(f"max_sweeps must be >= 0, got {max_sweeps}")
-    for label, state in (("state_a", state_a), ("state_b", state_b)):
-        if not isinstance(state, Mapping):
-            raise TypeError(f"{label} must be a state dict (a mapping of tensors), "
-                            f"got {type(state).__name__}")
-        spec.check_state_dict(state)
+    # Finiteness is checked through the objective (below), not by a pass here.
+    check_states(spec, finite=False, state_a=state_a, state_b=state_b)
     perms = resolve_init(spec, init)
     with torch.no_grad():
         matcher = _Matcher(spec, state_a, state_b, perms, include_buffers, tol, _record)

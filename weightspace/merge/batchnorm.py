@@ -104,6 +104,13 @@ class ChannelMoments:
 
 
 @torch.no_grad()
+def batchnorm_modules(model: nn.Module) -> dict[str, _BatchNorm]:
+    """The BatchNorm modules of ``model`` that keep running statistics (the
+    ones a merge leaves stale), by module path."""
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, _BatchNorm) and m.track_running_stats}
+
+
 def reset_batchnorm(model: nn.Module, inputs: Inputs, batch_size: int = 256) -> nn.Module:
     """Re-estimate the running statistics of every BatchNorm of ``model`` from data.
 
@@ -133,8 +140,7 @@ def reset_batchnorm(model: nn.Module, inputs: Inputs, batch_size: int = 256) -> 
     Returns:
         ``model``.
     """
-    norms = {name: m for name, m in model.named_modules()
-             if isinstance(m, _BatchNorm) and m.track_running_stats}
+    norms = batchnorm_modules(model)
     if not norms:
         logger.debug("reset_batchnorm: %s has no BatchNorm with running statistics",
                      type(model).__name__)

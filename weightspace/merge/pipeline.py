@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from weightspace.classify import evaluate, load_split
 from weightspace.io import CheckpointError, atomic_write, load_state_dict, save_state_dict
+from weightspace.merge.batchnorm import batchnorm_modules
 from weightspace.spec import WeightSpaceSpec
 from weightspace.spec.errors import StateDictMismatchError
 
@@ -41,10 +42,6 @@ def load_checked(path: str | os.PathLike[str], spec: WeightSpaceSpec) -> dict[st
             raise CheckpointError(f"{path}: parameter {name!r} holds NaN or Inf values; "
                                   f"refusing to align or merge it")
     return {name: state[name] for name in spec.offsets}
-
-
-def _has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 @dataclass
@@ -178,7 +175,7 @@ def merge_checkpoints(
         merged_model, model_a, model_b = (_loaded(model, s) for s in (merged, *states))
         merged = repair_model(merged_model, model_a, model_b, spec, split.x_train)
         corrections.append("repair")
-    elif split is not None and _has_batchnorm(model):
+    elif split is not None and bool(batchnorm_modules(model)):
         from weightspace.merge.batchnorm import reset_batchnorm
 
         merged_model = reset_batchnorm(_loaded(model, merged), split.x_train)
@@ -227,7 +224,7 @@ def interpolate_checkpoints(path_a, path_b, model: nn.Module, spec: WeightSpaceS
     state_a, state_b = load_checked(path_a, spec), load_checked(path_b, spec)
     split = load_split(data, (1, *spec.input_shape))
     aligned = spec.permute(state_b, weight_matching(state_a, state_b, spec, seed=seed).permutation)
-    bn_inputs = split.x_train if _has_batchnorm(model) else None
+    bn_inputs = split.x_train if bool(batchnorm_modules(model)) else None
     curves: dict[str, list[dict[str, float]]] = {}
     common = dict(inputs=split.x_test, targets=split.y_test, steps=steps,
                   batchnorm_reset_inputs=bn_inputs)

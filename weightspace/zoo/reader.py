@@ -174,6 +174,7 @@ class Zoo:
             self.groups[name] = group
             offset += group.num_rows
         self._num_rows = offset
+        self._group_list = tuple(self.groups.values())
         self._starts = np.array([g.offset for g in self.groups.values()] + [offset])
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
         self._cache_used = 0
@@ -230,7 +231,7 @@ class Zoo:
             raise IndexError(f"row {index} is out of range for {self.path} with "
                              f"{self._num_rows} rows")
         position = int(np.searchsorted(self._starts, index, side="right")) - 1
-        group = list(self.groups.values())[position]
+        group = self._group_list[position]
         return group, index - group.offset
 
     def group_index(self) -> np.ndarray:
@@ -401,7 +402,7 @@ class Zoo:
                 self._chunk(group, local // group.chunk_rows)[local % group.chunk_rows].copy())
         indices = self._indices(index)
         positions = np.unique(np.searchsorted(self._starts, indices, side="right") - 1)
-        groups = [list(self.groups)[p] for p in positions]
+        groups = [self._group_list[p].name for p in positions]
         if len(groups) > 1:
             raise ZooError(f"rows from several groups ({', '.join(sorted(groups))}) have "
                            f"different parameter counts; read them per group")
