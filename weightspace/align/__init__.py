@@ -17,7 +17,12 @@ handled without per-architecture code.
 from weightspace.align.activation_matching import activation_matching
 from weightspace.align.merge_many import MergeManyResult, merge_many
 from weightspace.align.sinkhorn import SinkhornResult, sinkhorn_matching, soft_permute
-from weightspace.align.weight_matching import WeightMatchingResult, align, weight_matching
+from weightspace.align.weight_matching import (
+    WeightMatchingResult,
+    align,
+    align_rows,
+    weight_matching,
+)
 
 __all__ = [
     "MergeManyResult",
@@ -25,6 +30,7 @@ __all__ = [
     "WeightMatchingResult",
     "activation_matching",
     "align",
+    "align_rows",
     "merge_many",
     "sinkhorn_matching",
     "soft_permute",

@@ -611,3 +611,22 @@ def align(
     arguments); it computes exactly the same function as B."""
     result = weight_matching(state_a, state_b, spec, **kwargs)
     return spec.permute(state_b, result.permutation)
+
+
+def align_rows(reference: Tensor, partner: Tensor, spec: WeightSpaceSpec, max_sweeps: int = 20,
+               seed: int = 0) -> Tensor:
+    """Each row of ``partner`` permuted into the frame of the same row of
+    ``reference`` by :func:`weight_matching` — the ``align`` hook of
+    :class:`~weightspace.zoo.mixup.WeightMixup` (mixup after alignment).
+
+    Shapes:
+        - reference, partner: ``[k, P]`` flat parameters of ``spec``
+        - output: ``[k, P]``
+    """
+    out = partner.clone()
+    for i in range(partner.shape[0]):
+        state_a = spec.unflatten(reference[i].detach().cpu())
+        state_b = spec.unflatten(partner[i].detach().cpu())
+        perm = weight_matching(state_a, state_b, spec, max_sweeps=max_sweeps, seed=seed).permutation
+        out[i] = spec.permute_flat(partner[i], perm)
+    return out

@@ -1,0 +1,40 @@
+"""Training metanetworks on zoos: configuration, tasks, the training loop
+(single process or DDP under ``torchrun``), and INR editing targets."""
+
+from weightspace.train.config import TASKS, TrainConfig, apply_overrides, load_config, save_config
+from weightspace.train.distributed import resolve_device, setup_distributed, teardown_distributed
+from weightspace.train.inr import EDIT_OPS, edit_images, edit_targets, render
+from weightspace.train.metrics import accuracy, kendall_tau, mean_squared_error, r_squared
+from weightspace.train.trainer import (
+    AUGMENTATIONS,
+    Trainer,
+    TrainResult,
+    make_augmentation,
+    split_rows,
+    train_metanetwork,
+)
+
+__all__ = [
+    "AUGMENTATIONS",
+    "EDIT_OPS",
+    "TASKS",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "accuracy",
+    "apply_overrides",
+    "edit_images",
+    "edit_targets",
+    "kendall_tau",
+    "load_config",
+    "make_augmentation",
+    "mean_squared_error",
+    "r_squared",
+    "render",
+    "resolve_device",
+    "save_config",
+    "setup_distributed",
+    "split_rows",
+    "teardown_distributed",
+    "train_metanetwork",
+]

@@ -1,0 +1,125 @@
+"""INR editing: images rendered from batches of INR parameters, and the
+edited images a metanetwork is trained to produce.
+
+The task follows DWSNets (Navon et al., ICML 2023) and NFN (Zhou et al.,
+NeurIPS 2023): given the INR of an image, output the INR of the edited image
+(dilated, eroded, …). The loss and the reported score are the mean squared
+error between the output INR's image on the pixel grid and the edited image,
+on the zoo's [-1, 1] pixel scale; the edited image is what an INR refitted on
+it would converge to, so this is the MSE against refitted targets without
+refitting noise. :func:`refit_mse_floor` measures how close refitting
+actually gets.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from weightspace.nn.base import split_parameters
+from weightspace.spec import WeightSpaceSpec
+from weightspace.zoo.recipes.base import ImageData, load_image_data
+from weightspace.zoo.recipes.digits_inr import INRData, prepare
+
+EDIT_OPS = ("dilate", "erode", "invert", "identity")
+
+
+def render(network: nn.Module, spec: WeightSpaceSpec, params: Tensor, coords: Tensor) -> Tensor:
+    """Outputs of ``B`` networks of one architecture at the same inputs, batched
+    with :func:`torch.func.vmap`, differentiable in ``params``.
+
+    Args:
+        network: one instance of the architecture (its own values are unused).
+        spec: its spec.
+        params: ``[B, P]`` flat parameters.
+        coords: ``[M, d_in]`` inputs (pixel coordinates).
+
+    Shapes:
+        - output: ``[B, M, d_out]``
+    """
+    tensors = split_parameters(spec, params)
+    buffers = {name: t for name, t in tensors.items() if spec.parameter(name).is_buffer}
+    weights = {name: t for name, t in tensors.items() if name not in buffers}
+
+    def one(w: dict[str, Tensor], b: dict[str, Tensor]) -> Tensor:
+        return functional_call(network, (w, b), (coords.to(params.dtype),))
+
+    return vmap(one)(weights, buffers)
+
+
+def edit_images(images: ImageData, op: str = "dilate", size: int = 3) -> ImageData:
+    """The same images, edited: grey-scale ``dilate`` / ``erode`` with a
+    ``size × size`` square, ``invert`` (``max + min - v``) or ``identity``."""
+    if op not in EDIT_OPS:
+        raise ValueError(f"edit op {op!r} is not one of {list(EDIT_OPS)}")
+    split = images.split
+    lo = float(min(split.x_train.min(), split.x_test.min()))
+    hi = float(max(split.x_train.max(), split.x_test.max()))
+
+    def apply(x: Tensor) -> Tensor:
+        a = x.numpy()
+        if op == "dilate":
+            a = ndimage.grey_dilation(a, size=(1, 1, size, size))
+        elif op == "erode":
+            a = ndimage.grey_erosion(a, size=(1, 1, size, size))
+        elif op == "invert":
+            a = hi + lo - a
+        return torch.from_numpy(np.ascontiguousarray(a))
+
+    edited = type(split)(apply(split.x_train), split.y_train, apply(split.x_test), split.y_test)
+    # the pixel scale must be the original images' (a dilated image is brighter)
+    return ImageData(edited, images.source, images.dataset_index_train, images.dataset_index_test)
+
+
+@dataclass(frozen=True)
+class EditTargets:
+    """Edited images of every zoo row's image, on the zoo's pixel scale.
+
+    Attributes:
+        original / edited: ``{"train": [N, H*W, C], "test": ...}`` in [-1, 1]
+            units of the original images.
+        coords: ``[H*W, 2]`` pixel coordinates.
+    """
+
+    original: Mapping[str, Tensor]
+    edited: Mapping[str, Tensor]
+    coords: Tensor
+
+    def lookup(self, splits: np.ndarray, image_index: np.ndarray, edited: bool = True) -> Tensor:
+        """``[B, H*W, C]`` images of rows with these ``split`` / ``image_index`` values."""
+        source = self.edited if edited else self.original
+        out = []
+        for part, index in zip(splits.tolist(), image_index.tolist(), strict=True):
+            if part not in source:
+                raise ValueError(f"row split {part!r} is not an image split ({sorted(source)})")
+            out.append(source[part][int(index)])
+        return torch.stack(out)
+
+
+def edit_targets(data: str | os.PathLike | None = None, op: str = "dilate", size: int = 3) -> EditTargets:
+    """Targets of the editing task for a ``digits-inr`` zoo built from
+    ``data`` (``None``: scikit-learn digits)."""
+    images = load_image_data(data)
+    original: INRData = prepare(images)
+    edited_images = edit_images(images, op, size)
+    split = images.split
+    lo = float(min(split.x_train.min(), split.x_test.min()))
+    hi = float(max(split.x_train.max(), split.x_test.max()))
+    span = hi - lo if hi > lo else 1.0
+    edited = {}
+    for part in ("train", "test"):
+        x = getattr(edited_images.split, f"x_{part}")
+        n, c, h, w = x.shape
+        scaled = (2.0 * (x - lo) / span - 1.0).clamp(-1.0, 1.0)
+        edited[part] = scaled.permute(0, 2, 3, 1).reshape(n, h * w, c).contiguous()
+    return EditTargets(original.targets, edited, original.coords)
+
+
+__all__ = ["EDIT_OPS", "EditTargets", "edit_images", "edit_targets", "render"]

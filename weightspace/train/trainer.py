@@ -1,0 +1,489 @@
+"""Train a metanetwork on a zoo: classification, regression of any column,
+or INR editing; early stopping, checkpoints with resume, CSV/JSON logs, DDP.
+
+Example::
+
+    from weightspace.train import load_config, train_metanetwork
+
+    config = load_config(zoo="digits-inr.h5", model="gmn", task="classify",
+                         target="label", epochs=10, out="runs/gmn")
+    result = train_metanetwork(config)
+    print(result.test["accuracy"], result.graphs_per_second)
+
+Outputs in ``config.out``: ``config.yaml`` (the settings), ``log.csv`` (one
+row per epoch), ``checkpoint.pt`` (the last epoch: model, optimiser,
+scheduler, random state — ``resume=True`` continues from it), ``best.pt`` (the
+weights of the best validation epoch) and ``metrics.json`` (the final test
+scores of the best weights). Every file is written atomically, so a killed
+run leaves the previous complete version.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from weightspace.graph.template import GraphTemplate
+from weightspace.io import atomic_output_path, atomic_write
+from weightspace.nn.base import as_parameters
+from weightspace.nn.registry import build_metanetwork, count_parameters, is_graph_model
+from weightspace.train.config import TrainConfig, save_config
+from weightspace.train.distributed import Distributed, setup_distributed, teardown_distributed
+from weightspace.train.inr import EditTargets, edit_targets, render
+from weightspace.train.metrics import accuracy, kendall_tau, mean_squared_error, r_squared
+from weightspace.zoo import Zoo, ZooGraphDataset, split_by_run
+from weightspace.zoo import transforms as T
+from weightspace.zoo.mixup import WeightMixup
+
+logger = logging.getLogger(__name__)
+
+AUGMENTATIONS: dict[str, type[T.WeightTransform]] = {
+    "permutation": T.RandomPermutation,
+    "scaling": T.RandomScaling,
+    "sign_flip": T.RandomSignFlip,
+    "siren_bias_shift": T.SirenBiasShift,
+    "noise": T.GaussianNoise,
+    "dropout": T.WeightDropout,
+}
+"""Names of the weight-space augmentations in :attr:`TrainConfig.augment`."""
+
+
+def make_augmentation(spec: dict[str, dict[str, Any]]) -> T.WeightTransform | None:
+    """A :class:`~weightspace.zoo.transforms.Compose` of the named augmentations."""
+    if not spec:
+        return None
+    transforms = []
+    for name, args in spec.items():
+        if name not in AUGMENTATIONS:
+            raise ValueError(f"unknown augmentation {name!r}; choose from {sorted(AUGMENTATIONS)}")
+        transforms.append(AUGMENTATIONS[name](**(args or {})))
+    return T.Compose(transforms)
+
+
+def make_mixup(spec: dict[str, Any] | None) -> WeightMixup | None:
+    if not spec:
+        return None
+    spec = dict(spec)
+    aligner = None
+    if spec.pop("align", False):
+        from weightspace.align import align_rows
+
+        aligner = align_rows
+    return WeightMixup(align=aligner, **spec)
+
+
+def split_rows(zoo: Zoo, config: TrainConfig) -> dict[str, np.ndarray]:
+    """Train / val / test rows (finite weights only)."""
+    rows = zoo.select()
+    if config.split == "run":
+        parts = split_by_run(zoo, rows, config.split_fractions, seed=config.seed)
+    else:
+        if config.split not in zoo.columns:
+            raise ValueError(f"split={config.split!r}: {zoo.path} has no such column; "
+                             f"use 'run' or one of {zoo.columns}")
+        values = zoo.column(config.split, rows).astype(str)
+        parts = {name: rows[values == name] for name in ("train", "val", "test")}
+        if len(parts["val"]) == 0:
+            # e.g. digits-inr: train/test images; divide the test images' runs into val and test
+            halves = split_by_run(zoo, parts["test"], {"val": 0.5, "test": 0.5}, seed=config.seed)
+            parts["val"], parts["test"] = halves["val"], halves["test"]
+    for name in ("train", "val", "test"):
+        if len(parts.get(name, ())) == 0:
+            raise ValueError(f"the {name!r} split of {zoo.path} is empty ({len(rows)} usable rows); "
+                             "build a larger zoo or change split / split_fractions")
+    if config.max_train_rows:
+        parts["train"] = parts["train"][: config.max_train_rows]
+    return parts
+
+
+# ------------------------------------------------------------------- tasks
+class Task:
+    """Loss and scores of one task. ``score`` is higher-is-better (used for
+    early stopping and the best checkpoint)."""
+
+    name = "task"
+    score_name = "score"
+
+    def out_dim(self, dataset: ZooGraphDataset) -> int:
+        return 1
+
+    head = "invariant"
+
+    def prepare(self, dataset: ZooGraphDataset, device: torch.device) -> None:
+        """Fit task state on the training set (target scaling …)."""
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[Tensor, Tensor]:
+        """``(loss, predictions)``."""
+        raise TypeError(f"{type(self).__name__} does not define a loss")
+
+    def metrics(self, predictions: Tensor, batches: list[Any]) -> dict[str, float]:
+        raise TypeError(f"{type(self).__name__} does not define metrics")
+
+
+class ClassificationTask(Task):
+    name = "classify"
+    score_name = "accuracy"
+
+    def out_dim(self, dataset):
+        return dataset.num_classes
+
+    def loss(self, model, batch):
+        logits = model(batch)
+        y = batch.y.view(-1)
+        if getattr(batch, "lam", None) is not None:
+            lam = batch.lam.to(logits.dtype)
+            loss = (lam * F.cross_entropy(logits, y, reduction="none")
+                    + (1 - lam) * F.cross_entropy(logits, batch.y_partner.view(-1), reduction="none")).mean()
+        else:
+            loss = F.cross_entropy(logits, y)
+        return loss, logits.detach()
+
+    def metrics(self, predictions, targets):
+        loss = float(F.cross_entropy(predictions, targets.view(-1)))
+        return {"loss": loss, "accuracy": accuracy(predictions, targets.view(-1))}
+
+
+class RegressionTask(Task):
+    name = "regress"
+    score_name = "kendall_tau"
+
+    def __init__(self) -> None:
+        self.mean = 0.0
+        self.std = 1.0
+
+    def prepare(self, dataset, device):
+        y = dataset._targets[torch.from_numpy(dataset.rows)].double()
+        self.mean = float(y.mean())
+        self.std = float(y.std()) if len(y) > 1 and float(y.std()) > 0 else 1.0
+
+    def loss(self, model, batch):
+        pred = model(batch)
+        target = (batch.y.view(pred.shape).to(pred.dtype) - self.mean) / self.std
+        if getattr(batch, "lam", None) is not None:
+            lam = batch.lam.to(pred.dtype).view(-1, 1)
+            partner = (batch.y_partner.view(pred.shape).to(pred.dtype) - self.mean) / self.std
+            target = lam * target + (1 - lam) * partner
+        return F.mse_loss(pred, target), (pred.detach() * self.std + self.mean)
+
+    def metrics(self, predictions, targets):
+        targets = targets.view(predictions.shape).to(predictions.dtype)
+        return {"loss": mean_squared_error((predictions - self.mean) / self.std,
+                                           (targets - self.mean) / self.std),
+                "mse": mean_squared_error(predictions, targets),
+                "kendall_tau": kendall_tau(predictions, targets), "r2": r_squared(predictions, targets)}
+
+
+class EditTask(Task):
+    """INR editing (:mod:`weightspace.train.inr`)."""
+
+    name = "edit"
+    score_name = "neg_mse"
+    head = "equivariant"
+
+    def __init__(self, zoo: Zoo, data: str | None, op: str, size: int) -> None:
+        if len(zoo.groups) != 1:
+            raise ValueError(f"the edit task needs a zoo of one INR architecture; {zoo.path} has "
+                             f"groups {list(zoo.groups)}")
+        for column in ("split", "image_index"):
+            if column not in zoo.columns:
+                raise ValueError(f"the edit task needs the {column!r} column of a digits-inr zoo; "
+                                 f"{zoo.path} has {zoo.columns}")
+        self.zoo = zoo
+        group = next(iter(zoo.groups.values()))
+        self.template = GraphTemplate.for_spec(group.spec)
+        self.network = group.model_def.build()
+        self.targets: EditTargets = edit_targets(data, op, size)
+        self._images: dict[str, Tensor] = {}
+
+    def images(self, rows: Tensor, device: torch.device) -> Tensor:
+        rows_np = rows.cpu().numpy()
+        return self.targets.lookup(self.zoo.column("split", rows_np).astype(str),
+                                   self.zoo.column("image_index", rows_np)).to(device)
+
+    def render(self, params: Tensor) -> Tensor:
+        self.network = self.network.to(params.device)
+        return render(self.network, self.template.spec, params, self.targets.coords.to(params.device))
+
+    def loss(self, model, batch):
+        out = model(batch)
+        params = as_parameters(out, self.template)
+        images = self.render(params)
+        target = self.images(batch.row, images.device).to(images.dtype)
+        return F.mse_loss(images, target), images.detach().flatten(1)
+
+    def metrics(self, predictions, targets):
+        mse = mean_squared_error(predictions, targets)
+        return {"loss": mse, "mse": mse, "neg_mse": -mse}
+
+
+def make_task(config: TrainConfig, zoo: Zoo) -> Task:
+    if config.task == "classify":
+        return ClassificationTask()
+    if config.task == "regress":
+        return RegressionTask()
+    edit = dict(config.edit or {})
+    return EditTask(zoo, edit.pop("data", None), edit.pop("op", "dilate"), int(edit.pop("size", 3)))
+
+
+# ----------------------------------------------------------------- results
+@dataclass
+class TrainResult:
+    """What :func:`train_metanetwork` measured.
+
+    Attributes:
+        test / val: scores of the best-validation weights.
+        history: one dict per epoch (train loss, val scores, seconds, lr).
+        graphs_per_second: training throughput (forward, backward, step and
+            batch building; all processes together under DDP).
+    """
+
+    config: TrainConfig
+    num_parameters: int
+    best_epoch: int
+    val: dict[str, float]
+    test: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    graphs_per_second: float = float("nan")
+    train_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    num_rows: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.config.model, "task": self.config.task, "target": self.config.target,
+                "seed": self.config.seed, "num_parameters": self.num_parameters,
+                "best_epoch": self.best_epoch, "val": self.val, "test": self.test,
+                "graphs_per_second": self.graphs_per_second, "train_seconds": self.train_seconds,
+                "wall_seconds": self.wall_seconds, "num_rows": self.num_rows,
+                "epochs_run": len(self.history), "config": self.config.to_dict()}
+
+
+# ----------------------------------------------------------------- trainer
+class Trainer:
+    """One training run; :meth:`fit` does it all. See the module docstring."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.start = time.perf_counter()
+        self.dist: Distributed = setup_distributed(config.device)
+        self.device = self.dist.device
+        torch.manual_seed(config.seed)
+        self.zoo = Zoo(config.zoo)
+        self.task = make_task(config, self.zoo)
+        self.parts = split_rows(self.zoo, config)
+        target = None if config.task == "edit" else config.target
+        classification = True if config.task == "classify" else (False if target else None)
+        common = dict(target=target, classification=classification)
+        self.train_set = ZooGraphDataset(self.zoo, self.parts["train"], seed=config.seed + 1000 * self.dist.rank,
+                                         weight_transform=make_augmentation(config.augment),
+                                         mixup=make_mixup(config.mixup), **common)
+        self.val_set = ZooGraphDataset(self.zoo, self.parts["val"], **common)
+        self.test_set = ZooGraphDataset(self.zoo, self.parts["test"], **common)
+        templates = self.train_set.templates
+        groups = sorted(set(self.zoo.column("group", self.parts["train"]).tolist()))
+        if not is_graph_model(config.model) and len(self.zoo.groups) > 1:
+            raise ValueError(f"{config.model!r} works on one architecture, but {self.zoo.path} has groups "
+                             f"{list(self.zoo.groups)}; use a graph metanetwork (gmn, transformer, deepsets)")
+        self.template = templates[groups[0]]
+        self.task.prepare(self.train_set, self.device)
+        model_args = dict(config.model_args)
+        if self.task.head != "invariant":
+            model_args.setdefault("head", self.task.head)
+        self.model = build_metanetwork(config.model, self.template, self.task.out_dim(self.train_set),
+                                       model_args).to(self.device)
+        fit = getattr(self.model, "fit_normalisation", None)
+        if fit is not None:
+            sample = self.train_set.batch(np.arange(min(len(self.train_set), 512))).to(self.device)
+            fit(sample)
+        self.num_parameters = count_parameters(self.model)
+        self.net: nn.Module = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
+                                           weight_decay=config.weight_decay)
+        self.steps_per_epoch = max(1, (len(self.train_set) // self.dist.world_size) // config.batch_size)
+        total = self.steps_per_epoch * config.epochs
+        warmup = min(config.warmup_steps, max(total // 10, 1))
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.out = Path(config.out)
+        self.history: list[dict[str, float]] = []
+        self.best_score = -math.inf
+        self.best_epoch = -1
+        self.epoch = 0
+        self.train_graphs = 0
+        self.train_seconds = 0.0
+
+    # ----------------------------------------------------------- batching
+    def _train_batches(self, epoch: int) -> Iterator[Any]:
+        rng = np.random.default_rng(self.config.seed * 100_003 + epoch)
+        order = rng.permutation(len(self.train_set))
+        per_rank = len(order) // self.dist.world_size
+        mine = order[self.dist.rank * per_rank: (self.dist.rank + 1) * per_rank]
+        size = self.config.batch_size
+        for start in range(0, len(mine) - size + 1 if len(mine) >= size else 1, size):
+            yield self.train_set.batch(mine[start: start + size])
+
+    @torch.no_grad()
+    def evaluate(self, dataset: ZooGraphDataset) -> dict[str, float]:
+        """Scores of the current weights on ``dataset`` (every process
+        evaluates all of it, so early-stopping decisions agree)."""
+        self.model.eval()
+        predictions, targets = [], []
+        for start in range(0, len(dataset), self.config.eval_batch_size):
+            batch = dataset.batch(np.arange(start, min(len(dataset), start + self.config.eval_batch_size)))
+            batch = batch.to(self.device)
+            _, pred = self.task.loss(self.model, batch)
+            predictions.append(pred.float().cpu())
+            if isinstance(self.task, EditTask):
+                targets.append(self.task.images(batch.row, torch.device("cpu")).flatten(1).float())
+            else:
+                targets.append(batch.y.cpu())
+        return self.task.metrics(torch.cat(predictions), torch.cat(targets))
+
+    # -------------------------------------------------------- checkpoints
+    def _save(self, name: str, payload: dict[str, Any]) -> None:
+        with atomic_output_path(self.out / name) as tmp:
+            torch.save(payload, tmp)
+
+    def _checkpoint(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "epoch": self.epoch,
+                "best_score": self.best_score, "best_epoch": self.best_epoch,
+                "history": self.history, "train_graphs": self.train_graphs,
+                "train_seconds": self.train_seconds, "config": self.config.to_dict()}
+
+    def _resume(self) -> None:
+        path = self.out / "checkpoint.pt"
+        if not (self.config.resume and path.exists()):
+            return
+        # weights_only: a checkpoint is data, never code
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if state.get("config", {}).get("model") != self.config.model:
+            raise ValueError(f"{path} is a checkpoint of model {state.get('config', {}).get('model')!r}, "
+                             f"not {self.config.model!r}; use another out directory")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        self.best_score = float(state["best_score"])
+        self.best_epoch = int(state["best_epoch"])
+        self.history = list(state["history"])
+        self.train_graphs = int(state["train_graphs"])
+        self.train_seconds = float(state["train_seconds"])
+        logger.info("resumed %s at epoch %d", path, self.epoch)
+
+    def _write_log(self) -> None:
+        keys: list[str] = []
+        for row in self.history:
+            keys.extend(k for k in row if k not in keys)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(self.history)
+        with atomic_write(self.out / "log.csv", "w") as handle:
+            handle.write(text.getvalue())
+
+    # ---------------------------------------------------------------- fit
+    def fit(self) -> TrainResult:
+        config = self.config
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(config, self.out / "config.yaml")
+        self._resume()
+        show = config.progress and self.dist.is_main
+        epochs = tqdm(range(self.epoch, config.epochs), desc=f"{config.model} epochs", disable=not show,
+                      initial=self.epoch, total=config.epochs)
+        stale = 0 if self.best_epoch < 0 else self.epoch - 1 - self.best_epoch
+        for epoch in epochs:
+            self.model.train()
+            started = time.perf_counter()
+            total_loss, count = 0.0, 0
+            for batch in tqdm(self._train_batches(epoch), total=self.steps_per_epoch, leave=False,
+                              desc=f"epoch {epoch + 1}", disable=not show):
+                batch = batch.to(self.device)
+                loss, _ = self.task.loss(self.net, batch)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+                self.optimizer.step()
+                self.scheduler.step()
+                total_loss += float(loss.detach()) * batch.num_graphs
+                count += batch.num_graphs
+            seconds = time.perf_counter() - started
+            total_loss, count = self.dist.all_reduce_sum([total_loss, float(count)])
+            self.train_graphs += int(count)
+            self.train_seconds += seconds
+            val = self.evaluate(self.val_set)
+            self.epoch = epoch + 1
+            row = {"epoch": self.epoch, "train_loss": total_loss / max(count, 1), "seconds": seconds,
+                   "lr": self.scheduler.get_last_lr()[0], **{f"val_{k}": v for k, v in val.items()}}
+            self.history.append(row)
+            score = val[self.task.score_name]
+            improved = score > self.best_score or self.best_epoch < 0
+            if improved:
+                self.best_score, self.best_epoch, stale = score, self.epoch, 0
+            else:
+                stale += 1
+            if self.dist.is_main:
+                if improved:
+                    self._save("best.pt", {"model": self.model.state_dict(), "epoch": self.epoch})
+                self._save("checkpoint.pt", self._checkpoint())
+                self._write_log()
+            epochs.set_postfix(loss=f"{row['train_loss']:.4f}", val=f"{score:.4f}")
+            logger.info("epoch %d: train loss %.4f, val %s %.4f", self.epoch, row["train_loss"],
+                        self.task.score_name, score)
+            if config.patience and stale >= config.patience:
+                logger.info("no better validation %s for %d epochs; stopping", self.task.score_name, stale)
+                break
+        self.dist.barrier()
+        best = self.out / "best.pt"
+        if best.exists():
+            self.model.load_state_dict(torch.load(best, map_location=self.device, weights_only=True)["model"])
+        val = self.evaluate(self.val_set)
+        test = self.evaluate(self.test_set)
+        result = TrainResult(
+            config=config, num_parameters=self.num_parameters, best_epoch=self.best_epoch, val=val,
+            test=test, history=self.history,
+            graphs_per_second=self.train_graphs / self.train_seconds if self.train_seconds else float("nan"),
+            train_seconds=self.train_seconds, wall_seconds=time.perf_counter() - self.start,
+            num_rows={k: len(v) for k, v in self.parts.items()})
+        if self.dist.is_main:
+            with atomic_write(self.out / "metrics.json", "w") as handle:
+                json.dump(result.to_dict(), handle, indent=2, default=float)
+        return result
+
+
+def train_metanetwork(config: TrainConfig) -> TrainResult:
+    """Train ``config.model`` on ``config.zoo`` (see the module docstring)."""
+    trainer = Trainer(config)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.zoo.close()
+        teardown_distributed()
+
+
+__all__ = ["AUGMENTATIONS", "ClassificationTask", "EditTask", "RegressionTask", "Task", "TrainResult",
+           "Trainer", "make_augmentation", "split_rows", "train_metanetwork"]
