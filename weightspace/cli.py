@@ -207,10 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     from weightspace.cli_align import add_align_parsers
+    from weightspace.cli_train import add_train_parser
     from weightspace.cli_zoo import add_zoo_parser
 
     add_align_parsers(sub, _model_arguments)
     add_zoo_parser(sub)
+    add_train_parser(sub)
     return parser
 
 

@@ -26,6 +26,7 @@ import math
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
+from torch_geometric.utils import scatter
 
 from weightspace.graph.schema import (
     ACTIVATIONS,
@@ -138,6 +139,23 @@ class DepthStandardiser(nn.Module):
         return (values - self.mean.to(values.dtype)[depth]) / self.std.to(values.dtype)[depth]
 
 
+FOURIER_INIT_GAIN = 0.1
+"""Initial scale of the Fourier-feature projection relative to PyTorch's default."""
+
+
+def _fourier_projection(in_dim: int, hidden: int) -> nn.Linear:
+    """Projection of the Fourier features, started small: at initialisation
+    a random projection of many sines and cosines acts like a hash of the
+    value and drowns the raw value it sits next to (measured: a linear probe
+    of the encoded output neurons of digit INRs fell from 31% to 14%
+    accuracy); small, the raw value leads and training turns the Fourier
+    features up where they help."""
+    linear = nn.Linear(in_dim, hidden, bias=False)
+    with torch.no_grad():
+        linear.weight.mul_(FOURIER_INIT_GAIN)
+    return linear
+
+
 def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.SiLU(), nn.Linear(hidden, out_dim))
 
@@ -166,10 +184,11 @@ class NodeEncoder(nn.Module):
         self.value_dim = len(NODE_SLOTS) * template.node_dim + extra_dim
         self.standardise = DepthStandardiser(self.value_dim)
         self.fourier = FourierFeatures(fourier, fourier_scale, seed=1)
-        in_dim = self.value_dim * (1 + 2 * fourier) + len(NODE_SLOTS)
+        in_dim = self.value_dim + len(NODE_SLOTS)
         # values and categories meet inside the MLP (before its nonlinearity),
         # so the same weight value can mean different things in different layers
         self.values = nn.Linear(in_dim, hidden)
+        self.fourier_values = _fourier_projection(self.value_dim * 2 * fourier, hidden)
         self.output = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden))
         self.node_type = nn.Embedding(len(NODE_TYPES), hidden)
         self.node_op = nn.Embedding(len(LAYER_OPS), hidden)
@@ -189,7 +208,7 @@ class NodeEncoder(nn.Module):
                              "graphs (GraphTemplate.common for mixed architectures)")
         mask = data.x_mask.to(x.dtype)
         x = self.standardise(x, data.node_depth)
-        h = self.values(torch.cat([x, self.fourier(x), mask], dim=-1))
+        h = self.values(torch.cat([x, mask], dim=-1)) + self.fourier_values(self.fourier(x))
         h = h + self.node_type(data.node_type) + self.node_op(data.node_op)
         h = h + self.node_act(data.node_act) + self.node_norm(data.node_norm)
         h = h + self.node_depth(data.node_depth.clamp(max=MAX_DEPTH - 1))
@@ -219,7 +238,8 @@ class EdgeEncoder(nn.Module):
         self.edge_dim = template.edge_dim
         self.standardise = DepthStandardiser(self.edge_dim)
         self.fourier = FourierFeatures(fourier, fourier_scale, seed=2)
-        self.values = nn.Linear(self.edge_dim * (1 + 2 * fourier), hidden)
+        self.values = nn.Linear(self.edge_dim, hidden)
+        self.fourier_values = _fourier_projection(self.edge_dim * 2 * fourier, hidden)
         self.output = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden))
         self.edge_type = nn.Embedding(len(EDGE_TYPES), hidden)
         # which layer a weight belongs to (the depth of the neuron it feeds):
@@ -235,7 +255,7 @@ class EdgeEncoder(nn.Module):
                              "graphs (GraphTemplate.common for mixed architectures)")
         depth = data.node_depth[data.edge_index[1]].clamp(max=MAX_DEPTH - 1)
         e = self.standardise(e, depth)
-        h = self.values(torch.cat([e, self.fourier(e)], dim=-1)) + self.edge_type(data.edge_type)
+        h = self.values(e) + self.fourier_values(self.fourier(e)) + self.edge_type(data.edge_type)
         return self.output(h + self.edge_depth(depth))
 
 
@@ -293,6 +313,39 @@ class GraphDecoder(nn.Module):
         return out
 
 
+class InvariantReadout(nn.Module):
+    """Invariant graph readout: the mean of the node features of each node
+    type (input, hidden, output neurons) and the mean of the edge features,
+    per graph, concatenated, then an MLP.
+
+    Why per type: the mean over a network's many exchangeable hidden neurons
+    hardly varies from network to network (it averages out), while the few
+    input and output neurons carry what distinguishes them (an INR's output
+    neuron *is* its image, through probe features). Pooled together, their
+    signal is diluted ~1/N; pooled apart, it reaches the head at full
+    strength. Neural Graphs read out the output neurons only; this keeps them
+    and adds the rest. Invariant because only permutable (hidden) neurons
+    move, and a mean over a set does not see its order.
+
+    Shapes:
+        - node features ``[N, hidden]``, edge features ``[E, hidden]``
+        - output: ``[B, out_dim]``
+    """
+
+    def __init__(self, hidden: int, out_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear((len(NODE_TYPES) + 1) * hidden, hidden), nn.SiLU(),
+                                 nn.Dropout(dropout), nn.Linear(hidden, out_dim))
+
+    def forward(self, data: Data, node_features: Tensor, edge_features: Tensor) -> Tensor:
+        b = num_graphs(data)
+        types = len(NODE_TYPES)
+        slot = graph_index_of_nodes(data) * types + data.node_type
+        per_type = scatter(node_features, slot, 0, dim_size=b * types, reduce="mean")
+        edges = scatter(edge_features, graph_index_of_edges(data), 0, dim_size=b, reduce="mean")
+        return self.mlp(torch.cat([per_type.view(b, -1), edges], dim=-1))
+
+
 def graph_index_of_edges(data: Data) -> Tensor:
     """The graph each edge belongs to (``[E]``; zeros for a single graph)."""
     batch = getattr(data, "batch", None)
@@ -313,5 +366,5 @@ def num_graphs(data: Data) -> int:
     return int(getattr(data, "num_graphs", 1) or 1)
 
 
-__all__ = ["DepthStandardiser", "EdgeEncoder", "fit_graph_standardisers", "FourierFeatures", "GraphDecoder", "NodeEncoder", "graph_index_of_edges",
+__all__ = ["DepthStandardiser", "EdgeEncoder", "InvariantReadout", "fit_graph_standardisers", "FourierFeatures", "GraphDecoder", "NodeEncoder", "graph_index_of_edges",
            "graph_index_of_nodes", "num_graphs"]

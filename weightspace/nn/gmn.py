@@ -18,19 +18,17 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 from torch_geometric.nn import MessagePassing
-from torch_geometric.utils import scatter
 
 from weightspace.graph.template import GraphTemplate
 from weightspace.nn.base import check_head, graph_batch
 from weightspace.nn.encoders import (
     EdgeEncoder,
     GraphDecoder,
+    InvariantReadout,
     NodeEncoder,
     fit_graph_standardisers,
-    graph_index_of_edges,
-    graph_index_of_nodes,
-    num_graphs,
 )
+from weightspace.nn.probes import ProbeFeatures, with_probe_features
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
@@ -113,12 +111,20 @@ class GMN(nn.Module):
         fourier_scale: their standard deviation.
         aggr: message aggregation of :class:`GMNConv`.
         dropout: dropout in the layers and the invariant head.
-        head: ``"invariant"`` (a vector per network: the mean over its nodes
-            and the mean over its edges, then an MLP) or ``"equivariant"`` (a
+        head: ``"invariant"`` (a vector per network: means over its input,
+            hidden and output neurons and over its edges, then an MLP;
+            :class:`~weightspace.nn.encoders.InvariantReadout`) or ``"equivariant"`` (a
             network per network: a value added to every parameter slot;
             :func:`weightspace.nn.as_parameters` gives ``[B, P]``).
-        extra_node_dim: width of extra node features appended to ``x`` (probe
-            features).
+        extra_node_dim: width of extra node features the caller appends to
+            ``x`` itself.
+        probes: number of learned probe inputs (Neural Graphs' probe
+            features, :class:`~weightspace.nn.probes.ProbeFeatures`): every
+            input network is run on them and each neuron's values become
+            node features. INRs / MLPs of one architecture only; needs
+            ``network``.
+        network: an instance of the input networks' architecture (for
+            ``probes``; e.g. ``zoo.group(name).model_def.build()``).
 
     Example::
 
@@ -135,17 +141,24 @@ class GMN(nn.Module):
 
     def __init__(self, template: GraphTemplate, out_dim: int, *, hidden: int = 64, num_layers: int = 4,
                  fourier: int = 16, fourier_scale: float = 4.0, aggr: str = "mean",
-                 dropout: float = 0.0, head: str = "invariant", extra_node_dim: int = 0) -> None:
+                 dropout: float = 0.0, head: str = "invariant", extra_node_dim: int = 0,
+                 probes: int = 0, network: nn.Module | None = None) -> None:
         super().__init__()
         self.template = template
         self.head = check_head(head, model="GMN")
+        self.probe_features: ProbeFeatures | None = None
+        if probes:
+            if network is None:
+                raise ValueError("GMN(probes=...) needs network=, an instance of the input networks' "
+                                 "architecture to run the probes through")
+            self.probe_features = ProbeFeatures(template, probes, network=network)
+            extra_node_dim += probes
         self.node_encoder = NodeEncoder(template, hidden, fourier, fourier_scale, extra_node_dim)
         self.edge_encoder = EdgeEncoder(template, hidden, fourier, fourier_scale)
         self.layers = nn.ModuleList(GMNConv(hidden, aggr, dropout) for _ in range(num_layers))
         self.final_norm = nn.LayerNorm(hidden)
         if head == "invariant":
-            self.readout = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Dropout(dropout),
-                                         nn.Linear(hidden, out_dim))
+            self.readout = InvariantReadout(hidden, out_dim, dropout)
         else:
             self.decoder = GraphDecoder(template, hidden)
 
@@ -153,8 +166,14 @@ class GMN(nn.Module):
     def fit_normalisation(self, inputs: Tensor | Data) -> GMN:
         """Fit the encoders' per-depth standardisation on a sample of
         training graphs (:class:`~weightspace.nn.encoders.DepthStandardiser`)."""
-        fit_graph_standardisers(self.node_encoder, self.edge_encoder, graph_batch(inputs, self.template))
+        data = self._with_probes(graph_batch(inputs, self.template))
+        fit_graph_standardisers(self.node_encoder, self.edge_encoder, data)
         return self
+
+    def _with_probes(self, data: Data) -> Data:
+        if self.probe_features is None:
+            return data
+        return with_probe_features(data, self.probe_features(data))
 
     def encode(self, data: Data) -> tuple[Tensor, Tensor]:
         """Node and edge features after the message-passing layers."""
@@ -166,13 +185,10 @@ class GMN(nn.Module):
 
     def forward(self, inputs: Tensor | Data) -> Tensor | Data:
         data = graph_batch(inputs, self.template)
-        h, e = self.encode(data)
+        h, e = self.encode(self._with_probes(data))
         if self.head == "equivariant":
             return self.decoder(data, h, e, data.edge_index, self.node_encoder, self.edge_encoder)
-        b = num_graphs(data)
-        pooled = torch.cat([scatter(h, graph_index_of_nodes(data), 0, dim_size=b, reduce="mean"),
-                            scatter(e, graph_index_of_edges(data), 0, dim_size=b, reduce="mean")], dim=-1)
-        return self.readout(pooled)
+        return self.readout(data, h, e)
 
 
 __all__ = ["GMN", "GMNConv"]

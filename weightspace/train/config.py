@@ -80,6 +80,14 @@ class TrainConfig:
     eval_batch_size: int = 256
 
     def __post_init__(self) -> None:
+        # YAML reads 1e-3 (no dot) as a string; numbers from any source are coerced
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("int", "float") and not isinstance(value, bool):
+                try:
+                    setattr(self, f.name, int(value) if f.type == "int" else float(value))
+                except (TypeError, ValueError):
+                    raise ValueError(f"{f.name} must be a number, got {value!r}") from None
         self.validate()
 
     def validate(self) -> None:
@@ -98,6 +106,9 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+
+_DEFAULTS = TrainConfig()
 
 
 def _parse_value(text: str) -> Any:
@@ -132,7 +143,10 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[
                 **values: Any) -> TrainConfig:
     """A :class:`TrainConfig` from a YAML file (optional), keyword values and
     ``key=value`` overrides, in that order of precedence (last wins)."""
-    data: dict[str, Any] = {}
+    # start from the defaults so that a dotted override (split_fractions.train=0.7)
+    # changes one entry of a default mapping instead of replacing the mapping
+    data: dict[str, Any] = {f.name: getattr(_DEFAULTS, f.name) for f in dataclasses.fields(TrainConfig)}
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     if path is not None:
         path = Path(path)
         try:

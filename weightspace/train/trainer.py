@@ -12,7 +12,8 @@ Example::
 
 Outputs in ``config.out``: ``config.yaml`` (the settings), ``log.csv`` (one
 row per epoch), ``checkpoint.pt`` (the last epoch: model, optimiser,
-scheduler, random state — ``resume=True`` continues from it), ``best.pt`` (the
+scheduler; the shuffling and augmentation of an epoch depend only on the seed
+and the epoch, so ``resume=True`` continues exactly), ``best.pt`` (the
 weights of the best validation epoch) and ``metrics.json`` (the final test
 scores of the best weights). Every file is written atomically, so a killed
 run leaves the previous complete version.
@@ -303,6 +304,9 @@ class Trainer:
         model_args = dict(config.model_args)
         if self.task.head != "invariant":
             model_args.setdefault("head", self.task.head)
+        if model_args.get("probes") and "network" not in model_args:
+            # probe features run the input networks themselves
+            model_args["network"] = self.zoo.group(groups[0]).model_def.build()
         self.model = build_metanetwork(config.model, self.template, self.task.out_dim(self.train_set),
                                        model_args).to(self.device)
         fit = getattr(self.model, "fit_normalisation", None)
@@ -336,6 +340,9 @@ class Trainer:
 
     # ----------------------------------------------------------- batching
     def _train_batches(self, epoch: int) -> Iterator[Any]:
+        # augmentation randomness is a function of (seed, rank, epoch), so a
+        # resumed run draws exactly what the uninterrupted one would have
+        self.train_set.reseed(self.config.seed * 100_003 + 1000 * self.dist.rank + epoch)
         rng = np.random.default_rng(self.config.seed * 100_003 + epoch)
         order = rng.permutation(len(self.train_set))
         per_rank = len(order) // self.dist.world_size

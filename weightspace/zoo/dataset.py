@@ -194,6 +194,13 @@ class ZooGraphDataset(Dataset):
             self._generator_owner = owner
         return self._generator
 
+    def reseed(self, seed: int) -> None:
+        """Restart this process's augmentation generator from ``seed`` (e.g.
+        per epoch, so that a resumed training run repeats the same draws)."""
+        info = torch.utils.data.get_worker_info()
+        self._generator = torch.Generator().manual_seed(int(seed) % 2**63)
+        self._generator_owner = (os.getpid(), None if info is None else info.id)
+
     def _augment(self, params: Tensor, group: str) -> Tensor:
         if self.weight_transform is None:
             return params
