@@ -119,7 +119,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     aligned_barrier = merging["barriers"]["weight matching"]["loss_barrier"]
     ok = report["round_trip_exact"] and perm["graph_relabelled"] and report["verified"] and \
         perm["accuracy"] == perm["accuracy_permuted"] and \
-        aligned_barrier < merging["barriers"]["naive"]["loss_barrier"]
+        aligned_barrier < merging["barriers"]["naive"]["loss_barrier"] and \
+        all(m["test"]["accuracy"] == m["test"]["accuracy"] for m in report["metanetworks"]["models"].values())
     if args.json:
         out = {k: v for k, v in report.items() if k not in ("spec", "template", "batch")}
         out["spec_hash"] = spec.hash
@@ -155,9 +156,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for name, values in merging["barriers"].items():
         print(f"   {name:<18} loss barrier {values['loss_barrier']:.4f}, accuracy barrier "
               f"{100 * values['accuracy_barrier']:.1f} points")
+    meta = report["metanetworks"]
+    print(f"\n== 7. weightspace train: metanetworks classifying {meta['rows']} digit INRs "
+          f"(SIREN 2-32-32-1, one per image)")
+    for name, values in meta["models"].items():
+        rows = values["rows"]
+        print(f"   {name:<7} test accuracy {values['test']['accuracy']:.3f} on {rows['test']} INRs "
+              f"(trained on {rows['train']}; {values['parameters']:,} parameters, "
+              f"{values['graphs_per_second']:.0f} graphs/s, {values['seconds']:.0f} s)")
     if report["zoo"]:
         print(f"\nzoo in {report['zoo']}, graphs in {report['graph_file']}, barrier plot in "
-              f"{merging['plot']}")
+              f"{merging['plot']}, metanetwork runs in {report['workdir']}/digits-inr-*/")
     print("\ndemo OK" if ok else "\ndemo FAILED")
     return 0 if ok else 1
 
@@ -196,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the main job end to end on built-in data",
                        description="Build a tiny zoo of small CNNs trained on scikit-learn's "
                                    "digits, show and verify it, convert its rows to graphs, and "
-                                   "check round trips and permutation symmetry.")
+                                   "check round trips and permutation symmetry; align and merge "
+                                   "two MLPs; train GMN and StatNN on a tiny zoo of digit INRs.")
     p.add_argument("--workdir", default=None, help="keep checkpoints and graphs here "
                                                    "(default: a temporary directory)")
     p.add_argument("--recipe", default="digits-cnn", help="zoo recipe (default digits-cnn)")

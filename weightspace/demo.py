@@ -41,7 +41,10 @@ def run_demo(workdir: str | Path | None = None, recipe: str = "digits-cnn", size
        its graph is the original one with nodes relabelled;
     5. train two MLPs from different seeds, align them by weight matching,
        merge them, and write the loss/accuracy barrier plot (naive against
-       aligned).
+       aligned);
+    6. build the ``tiny`` digits-INR zoo (one SIREN per digits image) and
+       train a GMN (with probe features) and StatNN to classify the INRs
+       (``configs/digits-inr-gmn.yaml`` / ``digits-inr-statnn.yaml``).
     """
     from weightspace.zoo import Zoo, build_zoo, verify_zoo, zoo_info
     from weightspace.zoo.convert import convert_zoo
@@ -88,6 +91,7 @@ def run_demo(workdir: str | Path | None = None, recipe: str = "digits-cnn", size
             key = str(zoo.column("key", [best])[0])
 
         merging = _align_and_merge(workdir)
+        metanetworks = _metanetworks(workdir, progress)
 
         return {
             "workdir": str(workdir) if tmp is None else None,
@@ -111,10 +115,36 @@ def run_demo(workdir: str | Path | None = None, recipe: str = "digits-cnn", size
                 "graph_relabelled": relabelled,
             },
             "merging": merging,
+            "metanetworks": metanetworks,
         }
     finally:
         if tmp is not None:
             tmp.cleanup()
+
+
+def configs_dir() -> Path:
+    """The repository's ``configs/`` folder (training configurations)."""
+    import weightspace
+
+    return Path(weightspace.__file__).resolve().parents[1] / "configs"
+
+
+def _metanetworks(workdir: Path, progress: bool) -> dict[str, Any]:
+    """Tiny digits-INR zoo -> GMN and StatNN classifiers, their test scores."""
+    from weightspace.train import load_config, train_metanetwork
+    from weightspace.zoo import build_zoo
+
+    zoo_path = workdir / "digits-inr-tiny.h5"
+    build = build_zoo("digits-inr", zoo_path, size="tiny", progress=progress, overwrite=True)
+    out: dict[str, Any] = {"zoo": str(zoo_path), "rows": build.rows_written, "models": {}}
+    for name in ("gmn", "statnn"):
+        config = load_config(configs_dir() / f"digits-inr-{name}.yaml", zoo=str(zoo_path),
+                             out=str(workdir / f"digits-inr-{name}"), progress=progress)
+        result = train_metanetwork(config)
+        out["models"][name] = {"test": result.test, "parameters": result.num_parameters,
+                               "graphs_per_second": result.graphs_per_second,
+                               "seconds": result.wall_seconds, "rows": result.num_rows}
+    return out
 
 
 def _align_and_merge(workdir: Path, epochs: int = 8) -> dict[str, Any]:

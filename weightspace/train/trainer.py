@@ -100,8 +100,11 @@ def split_rows(zoo: Zoo, config: TrainConfig) -> dict[str, np.ndarray]:
         values = zoo.column(config.split, rows).astype(str)
         parts = {name: rows[values == name] for name in ("train", "val", "test")}
         if len(parts["val"]) == 0:
-            # e.g. digits-inr: train/test images; divide the test images' runs into val and test
-            halves = split_by_run(zoo, parts["test"], {"val": 0.5, "test": 0.5}, seed=config.seed)
+            # e.g. digits-inr: train/test images; divide the test images into val and test,
+            # every view of an image on one side
+            unit = "image_index" if "image_index" in zoo.columns else "run_id"
+            halves = split_by_run(zoo, parts["test"], {"val": 0.5, "test": 0.5}, seed=config.seed,
+                                  run_column=unit)
             parts["val"], parts["test"] = halves["val"], halves["test"]
     for name in ("train", "val", "test"):
         if len(parts.get(name, ())) == 0:
