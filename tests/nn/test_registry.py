@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from weightspace import GraphTemplate
-from weightspace.nn import METANETWORKS, as_parameters, build_metanetwork, count_parameters, is_graph_model
+from weightspace.nn import (
+    METANETWORKS,
+    as_parameters,
+    build_metanetwork,
+    count_parameters,
+    is_graph_model,
+)
 
 EQUIVARIANT = {"gmn", "transformer", "nfn-np", "nfn-hnp", "dwsnet", "flat-mlp"}
 
