@@ -299,9 +299,14 @@ class Trainer:
         self.test_set = ZooGraphDataset(self.zoo, self.parts["test"], **common)
         templates = self.train_set.templates
         groups = sorted(set(self.zoo.column("group", self.parts["train"]).tolist()))
-        if not is_graph_model(config.model) and len(self.zoo.groups) > 1:
-            raise ValueError(f"{config.model!r} works on one architecture, but {self.zoo.path} has groups "
-                             f"{list(self.zoo.groups)}; use a graph metanetwork (gmn, transformer, deepsets)")
+        if not is_graph_model(config.model):
+            # flat models need one parameter layout; groups that differ only in
+            # their activations (digits-cnn, the Small CNN Zoo) share it
+            layouts = {tuple((p.name, p.shape) for p in g.spec.parameters) for g in self.zoo.groups.values()}
+            if len(layouts) > 1:
+                raise ValueError(f"{config.model!r} works on one parameter layout, but the groups of "
+                                 f"{self.zoo.path} ({list(self.zoo.groups)}) have different ones; use a "
+                                 "graph metanetwork (gmn, transformer, deepsets)")
         self.template = templates[groups[0]]
         self.task.prepare(self.train_set, self.device)
         model_args = dict(config.model_args)
