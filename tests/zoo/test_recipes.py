@@ -247,6 +247,21 @@ def test_inr_init_does_not_depend_on_the_job_blocking():
     assert rows_a[2].metadata["image_index"] == rows_b[0].metadata["image_index"] == 2
 
 
+def test_inr_shared_init_starts_every_image_of_a_view_from_the_same_weights():
+    config = _config("digits-inr")
+    config["training"] = {"steps": 0, "lr": 1e-3, "shared_init": True}
+    recipe = DigitsINR({**config, "sizes": {"tiny": {"train_images": 3, "test_images": 0, "views": 2,
+                                                     "images_per_job": 3}}})
+    rows = recipe.run(recipe.jobs("tiny")[0], recipe.load_data(None))
+    by_view: dict = {}
+    for row in rows:
+        by_view.setdefault(row.metadata["view"], []).append(row)
+    for views in by_view.values():  # steps=0: the stored weights are the initial ones
+        assert len({r.metadata["seed"] for r in views}) == 1
+        assert all(torch.equal(v.params["net.0.weight"], views[0].params["net.0.weight"]) for v in views)
+    assert not torch.equal(by_view[0][0].params["net.0.weight"], by_view[1][0].params["net.0.weight"])
+
+
 def test_a_diverged_run_is_flagged_not_dropped():
     config = copy.deepcopy(_config("digits-mlp"))
     config["sampling"].update(lr=1.0e8, optimizer="sgd", init={"normal": [10.0, 10.0]},

@@ -138,6 +138,7 @@ class DigitsINR(Recipe):
         if self.steps < 0 or self.lr <= 0:
             raise ZooError(f"recipe {self.name!r}: training.steps must be >= 0 and "
                            f"training.lr > 0")
+        self.shared_init = bool(training.get("shared_init", False))
 
     # -------------------------------------------------------------- jobs
     def jobs(self, size: str) -> list[Job]:
@@ -186,7 +187,10 @@ class DigitsINR(Recipe):
 
     def init_seed(self, base_seed: int, split: str, index: int, view: int) -> int:
         """The init seed of one INR: depends on the image and view only, not on
-        how images are blocked into jobs."""
+        how images are blocked into jobs. With ``training.shared_init`` every
+        INR of a view starts from the same weights (views still differ)."""
+        if self.shared_init:
+            return derive_seed(base_seed, view)
         return derive_seed(base_seed, SPLIT_CODES[split], index, view)
 
     # --------------------------------------------------------------- run
