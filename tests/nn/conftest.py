@@ -38,3 +38,16 @@ def siren():
 @pytest.fixture(scope="module")
 def cnn():
     return random_zoo(lambda: SmallCNN(channels=(4, 4, 4)), torch.zeros(1, 1, 8, 8))
+
+
+def fit(model, inputs, target, loss_fn, steps, lr=3e-3):
+    """Adam on ``loss_fn(model(inputs), target)`` for ``steps`` steps; the losses."""
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = loss_fn(model(inputs), target)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    return losses

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 import weightspace
+from tests.nn.conftest import fit
 from weightspace import GraphTemplate, WeightSpaceSpec
 from weightspace.models.cnn import SmallCNN
 from weightspace.models.mlp import MLP
@@ -197,14 +198,7 @@ def test_invariant_head_learns_to_regress_the_mean_weight():
     params = torch.randn(64, spec.num_parameters) * 0.5 + shift
     target = params.mean(1, keepdim=True)
     model = DWSNet(GraphTemplate.for_spec(spec), 1, hidden_channels=8, num_layers=2)
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(40):
-        loss = torch.nn.functional.mse_loss(model(params), target)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
+    losses = fit(model, params, target, torch.nn.functional.mse_loss, steps=40)
     assert losses[-1] < 0.1 * losses[0]
 
 
@@ -214,14 +208,7 @@ def test_invariant_head_learns_which_distribution_the_weights_came_from():
     labels = torch.randint(0, 2, (64,))
     params = torch.randn(64, spec.num_parameters) * (0.5 + labels[:, None].float())
     model = DWSNet(GraphTemplate.for_spec(spec), 2, hidden_channels=8, num_layers=2)
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(30):
-        loss = torch.nn.functional.cross_entropy(model(params), labels)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
+    losses = fit(model, params, labels, torch.nn.functional.cross_entropy, steps=30)
     assert losses[-1] < 0.5 * losses[0]
     assert (model(params).argmax(1) == labels).float().mean() > 0.9
 

@@ -95,12 +95,16 @@ class EditTargets:
     def lookup(self, splits: np.ndarray, image_index: np.ndarray, edited: bool = True) -> Tensor:
         """``[B, H*W, C]`` images of rows with these ``split`` / ``image_index`` values."""
         source = self.edited if edited else self.original
-        out = []
-        for part, index in zip(splits.tolist(), image_index.tolist(), strict=True):
+        splits = np.asarray(splits).astype(str)
+        index = torch.as_tensor(np.asarray(image_index, dtype=np.int64))
+        first = next(iter(source.values()))
+        out = first.new_empty(len(splits), *first.shape[1:])
+        for part in np.unique(splits):  # one gather per split, not per row
             if part not in source:
                 raise ValueError(f"row split {part!r} is not an image split ({sorted(source)})")
-            out.append(source[part][int(index)])
-        return torch.stack(out)
+            where = torch.from_numpy(np.flatnonzero(splits == part))
+            out[where] = source[part][index[where]]
+        return out
 
 
 def edit_targets(data: str | os.PathLike | None = None, op: str = "dilate", size: int = 3) -> EditTargets:

@@ -8,7 +8,7 @@ Example::
     config = load_config(zoo="digits-inr.h5", model="gmn", task="classify",
                          target="label", epochs=10, out="runs/gmn")
     result = train_metanetwork(config)
-    print(result.test["accuracy"], result.graphs_per_second)
+    result.test["accuracy"], result.graphs_per_second
 
 Outputs in ``config.out``: ``config.yaml`` (the settings), ``log.csv`` (one
 row per epoch), ``checkpoint.pt`` (the last epoch: model, optimiser,
@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,27 +117,27 @@ def split_rows(zoo: Zoo, config: TrainConfig) -> dict[str, np.ndarray]:
 
 
 # ------------------------------------------------------------------- tasks
-class Task:
-    """Loss and scores of one task. ``score`` is higher-is-better (used for
-    early stopping and the best checkpoint)."""
+class Task(ABC):
+    """Loss and scores of one task. ``score_name`` names the higher-is-better
+    metric used for early stopping and the best checkpoint."""
 
     name = "task"
     score_name = "score"
+    head = "invariant"
 
     def out_dim(self, dataset: ZooGraphDataset) -> int:
         return 1
 
-    head = "invariant"
+    def prepare(self, dataset: ZooGraphDataset, device: torch.device) -> None:  # noqa: B027
+        """Fit task state on the training set (target scaling …); most tasks have none."""
 
-    def prepare(self, dataset: ZooGraphDataset, device: torch.device) -> None:
-        """Fit task state on the training set (target scaling …)."""
-
+    @abstractmethod
     def loss(self, model: nn.Module, batch: Any) -> tuple[Tensor, Tensor]:
         """``(loss, predictions)``."""
-        raise TypeError(f"{type(self).__name__} does not define a loss")
 
-    def metrics(self, predictions: Tensor, batches: list[Any]) -> dict[str, float]:
-        raise TypeError(f"{type(self).__name__} does not define metrics")
+    @abstractmethod
+    def metrics(self, predictions: Tensor, targets: Tensor) -> dict[str, float]:
+        """Scores of all predictions of a split against their targets."""
 
 
 class ClassificationTask(Task):
@@ -212,7 +213,6 @@ class EditTask(Task):
         self.template = GraphTemplate.for_spec(group.spec)
         self.network = group.model_def.build()
         self.targets: EditTargets = edit_targets(data, op, size)
-        self._images: dict[str, Tensor] = {}
 
     def images(self, rows: Tensor, device: torch.device) -> Tensor:
         rows_np = rows.cpu().numpy()
