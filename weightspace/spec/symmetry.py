@@ -159,12 +159,24 @@ def permute(spec: WeightSpaceSpec, state_dict: Mapping[str, Tensor], perm: Permu
     """Apply ``perm`` to every axis of every parameter (buffers included)."""
     spec.check_state_dict(state_dict)
     check_permutation(spec, perm)
+    return select_neurons(spec, state_dict, perm.perms)
+
+
+def select_neurons(spec: WeightSpaceSpec, state_dict: Mapping[str, Tensor],
+                   index: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Gather the neurons ``index[space]`` of each named space from every axis
+    of every parameter that indexes it (buffers included).
+
+    A permutation of the space reorders its neurons (:func:`permute`); a
+    subset removes the others (structured pruning). Unchecked: callers
+    validate ``index``. Every returned tensor is new.
+    """
     out = {}
     for p in spec.parameters:
         t = state_dict[p.name]
         for axis, a in enumerate(p.axes):
-            if a is not None and a.space in perm:
-                t = t.index_select(axis, _expand(perm[a.space].to(t.device), a.block))
+            if a is not None and a.space in index:
+                t = t.index_select(axis, _expand(index[a.space].to(t.device), a.block))
         out[p.name] = t.clone() if t is state_dict[p.name] else t
     return out
 

@@ -1,0 +1,53 @@
+"""Pruning modulo the spec: unstructured magnitude masks, structured removal
+of neurons from every parameter that touches them, lottery tickets and
+metanetwork-guided pruning."""
+
+from weightspace.prune.cost import (
+    ModelCost,
+    count_macs,
+    count_parameters,
+    measure_latency,
+    model_cost,
+)
+from weightspace.prune.structured import (
+    IMPORTANCE_METHODS,
+    PruneError,
+    group_norms,
+    group_sums,
+    load_pruned,
+    neuron_importance,
+    prune_state_dict,
+    pruneable_spaces,
+    pruned_metadata,
+    pruned_sizes,
+    resize_model,
+    select_neurons_to_keep,
+    shrink_model,
+    sizes_from_metadata,
+    sparsity_for_speedup,
+    taylor_importance,
+)
+
+__all__ = [
+    "IMPORTANCE_METHODS",
+    "ModelCost",
+    "PruneError",
+    "count_macs",
+    "count_parameters",
+    "group_norms",
+    "group_sums",
+    "load_pruned",
+    "measure_latency",
+    "model_cost",
+    "neuron_importance",
+    "prune_state_dict",
+    "pruneable_spaces",
+    "pruned_metadata",
+    "pruned_sizes",
+    "resize_model",
+    "select_neurons_to_keep",
+    "shrink_model",
+    "sizes_from_metadata",
+    "sparsity_for_speedup",
+    "taylor_importance",
+]
