@@ -120,7 +120,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ok = report["round_trip_exact"] and perm["graph_relabelled"] and report["verified"] and \
         perm["accuracy"] == perm["accuracy_permuted"] and \
         aligned_barrier < merging["barriers"]["naive"]["loss_barrier"] and \
-        all(m["test"]["accuracy"] == m["test"]["accuracy"] for m in report["metanetworks"]["models"].values())
+        all(m["test"]["accuracy"] == m["test"]["accuracy"] for m in report["metanetworks"]["models"].values()) and \
+        all(r["after"]["accuracy"] > 0.5 for r in report["pruning"].values())
     if args.json:
         out = {k: v for k, v in report.items() if k not in ("spec", "template", "batch")}
         out["spec_hash"] = spec.hash
@@ -164,6 +165,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"   {name:<7} test accuracy {values['test']['accuracy']:.3f} on {rows['test']} INRs "
               f"(trained on {rows['train']}; {values['parameters']:,} parameters, "
               f"{values['graphs_per_second']:.0f} graphs/s, {values['seconds']:.0f} s)")
+    pruning = report["pruning"]
+    print(f"\n== 8. weightspace prune: model A (64-64-64-10 MLP), fine-tuned "
+          f"{pruning['structured']['finetune_epochs']} epochs after pruning")
+    before = pruning["structured"]["before"]
+    print(f"   before             test accuracy {before['accuracy']:.4f}, "
+          f"{before['parameters']:,} parameters, {before['macs']:,} MACs, "
+          f"{before['latency_ms']:.2f} ms per batch of {before['batch_size']}")
+    for label, key in (("structured (2x)", "structured"), ("80 % weights zero", "unstructured")):
+        after = pruning[key]["after"]
+        print(f"   {label:<18} test accuracy {after['accuracy']:.4f}, "
+              f"{after['nonzero']:,} non-zero parameters, {after['macs']:,} MACs, "
+              f"{after['latency_ms']:.2f} ms")
     if report["zoo"]:
         print(f"\nzoo in {report['zoo']}, graphs in {report['graph_file']}, barrier plot in "
               f"{merging['plot']}, metanetwork runs in {report['workdir']}/digits-inr-*/")
@@ -217,10 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     from weightspace.cli_align import add_align_parsers
+    from weightspace.cli_prune import add_prune_parser
     from weightspace.cli_train import add_train_parser
     from weightspace.cli_zoo import add_zoo_parser
 
     add_align_parsers(sub, _model_arguments)
+    add_prune_parser(sub, _model_arguments)
     add_zoo_parser(sub)
     add_train_parser(sub)
     return parser

@@ -40,7 +40,7 @@ def load_checked(path: str | os.PathLike[str], spec: WeightSpaceSpec) -> dict[st
     for name, tensor in state.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise CheckpointError(f"{path}: parameter {name!r} holds NaN or Inf values; "
-                                  f"refusing to align or merge it")
+                                  f"refusing to use it")
     return {name: state[name] for name in spec.offsets}
 
 

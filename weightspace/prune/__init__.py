@@ -9,6 +9,16 @@ from weightspace.prune.cost import (
     measure_latency,
     model_cost,
 )
+from weightspace.prune.lottery import LotteryResult, LotteryRound, iterative_magnitude_pruning
+from weightspace.prune.magnitude import (
+    MaskHandle,
+    apply_masks,
+    attach_masks,
+    magnitude_masks,
+    prunable_parameters,
+    sparsity,
+)
+from weightspace.prune.pipeline import PRUNE_METHODS, PruneOutcome, prune_checkpoint, prune_model
 from weightspace.prune.structured import (
     IMPORTANCE_METHODS,
     PruneError,
@@ -30,6 +40,19 @@ from weightspace.prune.structured import (
 
 __all__ = [
     "IMPORTANCE_METHODS",
+    "LotteryResult",
+    "LotteryRound",
+    "MaskHandle",
+    "PRUNE_METHODS",
+    "PruneOutcome",
+    "apply_masks",
+    "attach_masks",
+    "iterative_magnitude_pruning",
+    "magnitude_masks",
+    "prunable_parameters",
+    "prune_checkpoint",
+    "prune_model",
+    "sparsity",
     "ModelCost",
     "PruneError",
     "count_macs",

@@ -20,6 +20,8 @@ Importance criteria:
 * ``"taylor"``: the squared first-order Taylor estimate of the loss change,
   ``(Σ_group g·w)²`` summed over batches (Molchanov et al., "Importance
   Estimation for Neural Network Pruning", CVPR 2019).
+* ``"random"``: uniform random scores, the control every criterion should
+  beat.
 
 Input and output spaces are never pruned (they are the data and the classes);
 spaces whose GroupNorm groups constrain them are skipped.
@@ -42,7 +44,7 @@ from weightspace.spec.symmetry import select_neurons
 
 logger = logging.getLogger(__name__)
 
-IMPORTANCE_METHODS = ("l1", "l2", "bn", "taylor")
+IMPORTANCE_METHODS = ("l1", "l2", "bn", "taylor", "random")
 
 #: Roles that belong to a neuron's group for the norm criteria: what training
 #: changes. Running statistics are data, not weights.
@@ -182,7 +184,7 @@ def neuron_importance(state_dict: Mapping[str, Tensor], spec: WeightSpaceSpec,
                       method: str = "l2", spaces: Iterable[str] | None = None,
                       model: nn.Module | None = None,
                       batches: Iterable[tuple[Tensor, Tensor]] | None = None,
-                      ) -> dict[str, Tensor]:
+                      seed: int = 0) -> dict[str, Tensor]:
     """Importance of every neuron of the pruned spaces; higher = keep.
 
     Args:
@@ -193,6 +195,7 @@ def neuron_importance(state_dict: Mapping[str, Tensor], spec: WeightSpaceSpec,
         model, batches: the module and ``(inputs, targets)`` batches, needed by
             ``"taylor"`` only (``state_dict`` is loaded into a copy of the
             module).
+        seed: the scores of ``"random"``.
 
     Shapes:
         Returns ``{space: [size]}``.
@@ -218,6 +221,10 @@ def neuron_importance(state_dict: Mapping[str, Tensor], spec: WeightSpaceSpec,
         return group_norms(state_dict, spec, 2, spaces)
     if method == "bn":
         return _batchnorm_scale(state_dict, spec, spaces)
+    if method == "random":
+        generator = torch.Generator().manual_seed(seed)
+        return {s: torch.rand(spec.space(s).size, generator=generator, dtype=torch.float64)
+                for s in spaces}
     if method == "taylor":
         if model is None or batches is None:
             raise PruneError("importance 'taylor' needs the model and data (batches of inputs "
