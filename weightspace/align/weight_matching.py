@@ -32,28 +32,41 @@ groups, then an assignment of groups). Buffers (BatchNorm running statistics)
 are permuted with their channels by :meth:`WeightSpaceSpec.permute` but, as in
 Git Re-Basin, do not enter the cost unless ``include_buffers=True``.
 
-Implementation notes (performance). The cost of space ``p`` is computed as one
-matrix product ``Acat_p @ Bcat_p.T``: ``Acat_p`` concatenates the reshaped
-A-side matrices of all (parameter, axis) pairs of ``p`` once, ``Bcat_p`` is a
-persistent buffer holding the matching B-side matrices. A B-side block is
-re-gathered (one ``index_select`` written straight into the buffer) only when
-the permutation of a space on one of its other axes changed since it was last
-filled; blocks without permutable other axes (biases, norm parameters, first
-layers) are filled once. No fully permuted copy of B is built per sweep. A
-space is not re-solved when no permutation its cost depends on changed since
-its last solve (the assignment would return its current permutation), which
-saves a third to a half of the solves in late sweeps without changing the
-result. The objective is computed from the same buffers (owner columns only,
-so each parameter counts once) before the first and after the last sweep, and
-tracked in between from the cost matrices. Memory: about four extra copies
-of the cost parameters (A and B, each in two layouts).
+Implementation notes (performance). Everything that depends only on the
+spec (which parameters enter which space's cost, column layouts, gather
+geometry) is a *plan* built once per spec object and cached; the buffers a
+call fills (a *workspace*) are pooled, so a repeated call on the same
+architecture neither rebuilds the layout nor touches fresh memory
+(:func:`clear_cache` releases both).
+
+The cost of space ``p`` is a product ``Acat_p @ BcatT_p``: ``Acat_p`` ``[n, K]``
+concatenates the row-layout A-side matrices of every (parameter, axis) pair
+of ``p``, owner columns first; ``BcatT_p`` ``[K, n]`` holds the matching B-side
+matrices *transposed*, so that re-permuting another space's axis of a block
+moves whole rows of ``n`` (or ``n × kernel``) contiguous values — an order of
+magnitude faster than gathering columns of a row-layout block. A B-side block
+is re-gathered in place (by the relative permutation from its last state, via
+a scratch buffer) only when a permutation of one of its other axes changed;
+blocks without permutable other axes are filled once per call. No fully
+permuted copy of B is built. A space is not re-solved when no permutation its
+cost depends on changed since its last solve (the assignment would return its
+current permutation). The owner columns are multiplied separately (one extra
+GEMM call, same flops): the objective is the sum over spaces of
+``Σ_i C_own[i, perm[i]]`` — after the last sweep it is read from the owner
+products of each space's last solve instead of a pass over the weights. The
+objective before the first sweep (and for a space whose owner product is
+stale) is computed directly from the buffers. Memory: about three copies of
+the cost parameters (A once, B transposed once — each parameter enters up to
+two spaces — plus one scratch block).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -238,230 +251,465 @@ def solve_assignment(cost: np.ndarray, blocks: int = 1) -> np.ndarray:
     return (block_col[:, None] * size + inner[np.arange(blocks), block_col]).reshape(-1)
 
 
+# -------------------------------------------------------------------- plan
+@dataclass(frozen=True)
+class _Select:
+    """One other axis of a B-side block to re-gather when ``space`` changes.
+
+    The block (transposed layout) is viewed as ``[before, size, after]`` with
+    the axis in the middle; every neuron of ``space`` owns ``block`` entries.
+    """
+
+    before: int
+    size: int
+    after: int
+    space: str
+    block: int
+
+
+@dataclass(frozen=True)
+class _Copy:
+    """A (parameter, axis) pair whose layout is not a (transposed) view of
+    the parameter (the axis is not the first one): copied with a permute.
+
+    ``split`` views the parameter with its term axis split into ``(n, block)``;
+    ``a_perm`` permutes that to the row layout ``a_shape = [n, block, *rest]``
+    (A side of a non-owner term), ``t_perm`` to the transposed layout
+    ``t_shape = [block, *rest, n]`` (B side; A side of an owner term).
+    """
+
+    parameter: str
+    owner: bool
+    offset: int
+    width: int
+    split: tuple[int, ...]
+    a_perm: tuple[int, ...]
+    a_shape: tuple[int, ...]
+    t_perm: tuple[int, ...]
+    t_shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _Dynamic:
+    """Columns ``[offset, offset + width)`` of a space's cost that depend on
+    the permutations of other spaces (``deps``, one per select)."""
+
+    offset: int
+    width: int
+    selects: tuple[_Select, ...]
+    deps: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _SpacePlan:
+    """The column layout of one space's cost matrices.
+
+    Columns ``[0, view_width)`` hold the parameters of ``views`` (owner terms
+    on axis 0, whose row layout is ``W.reshape(n, -1)``: one ``torch.cat`` of
+    transposed views fills them), then the ``copies``; the first ``own``
+    columns are the owner terms (each cost parameter is an owner term of
+    exactly one space).
+    """
+
+    name: str
+    n: int
+    blocks: int
+    width: int
+    own: int
+    views: tuple[str, ...]
+    view_width: int
+    copies: tuple[_Copy, ...]
+    dynamic: tuple[_Dynamic, ...]
+    deps: tuple[str, ...]
+    self_coupled: bool
+    params: frozenset[str]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything weight matching needs to know about a spec (no tensors)."""
+
+    spaces: tuple[_SpacePlan, ...]
+    parameters: tuple[str, ...]
+    scratch: int
+
+
+def _term_layout(shape: tuple[int, ...], n: int, t: CostTerm):
+    """(split, a_perm, a_shape, t_perm, t_shape, selects) of one term."""
+    k, bsz, d = t.axis, t.block, len(shape)
+    rest = shape[:k] + shape[k + 1:]
+    split = shape[:k] + (n, bsz) + shape[k + 1:]
+    a_perm = (k, k + 1, *range(k), *range(k + 2, d + 1))
+    t_perm = (k + 1, *range(k), *range(k + 2, d + 1), k)
+    t_shape = (bsz, *rest, n)
+    selects = []
+    for j, q, bq in t.others:
+        pos = 1 + j if j < k else j     # the axis' place in t_shape
+        selects.append(_Select(math.prod(t_shape[:pos]), t_shape[pos],
+                               math.prod(t_shape[pos + 1:]), q, bq))
+    return split, a_perm, (n, bsz, *rest), t_perm, t_shape, tuple(selects)
+
+
+def _build_plan(spec: WeightSpaceSpec, include_buffers: bool) -> _Plan:
+    terms_by_space = cost_terms(spec, include_buffers)
+    spaces = []
+    parameters: dict[str, None] = {}
+    scratch = 0
+    for s in spec.permutable_spaces:
+        terms = terms_by_space[s.name]
+        if not terms:
+            continue
+        n = s.size
+        # column order: owner terms on axis 0 (views, one cat), other owner
+        # terms, then the terms of parameters owned by another space
+        ordered = ([t for t in terms if t.owner and t.axis == 0]
+                   + [t for t in terms if t.owner and t.axis != 0]
+                   + [t for t in terms if not t.owner])
+        views, copies, dynamic = [], [], []
+        offset = own = view_width = 0
+        for t in ordered:
+            shape = spec.parameter(t.parameter).shape
+            parameters[t.parameter] = None
+            split, a_perm, a_shape, t_perm, t_shape, selects = _term_layout(shape, n, t)
+            width = math.prod(shape) // n
+            if t.owner and t.axis == 0:
+                views.append(t.parameter)
+                view_width += width
+            else:
+                copies.append(_Copy(t.parameter, t.owner, offset, width, split, a_perm,
+                                    a_shape, t_perm, t_shape))
+            if selects:
+                dynamic.append(_Dynamic(offset, width, selects,
+                                        tuple(sel.space for sel in selects)))
+                scratch = max(scratch, width * n)
+            if t.owner:
+                own += width
+            offset += width
+        deps = tuple(sorted({q for d in dynamic for q in d.deps}))
+        spaces.append(_SpacePlan(
+            name=s.name, n=n, blocks=s.permutation_blocks, width=offset, own=own,
+            views=tuple(views), view_width=view_width, copies=tuple(copies),
+            dynamic=tuple(dynamic), deps=deps, self_coupled=s.name in deps,
+            params=frozenset(t.parameter for t in terms)))
+    return _Plan(tuple(spaces), tuple(parameters), scratch)
+
+
+_PLAN_CACHE: dict[tuple[int, bool], tuple[weakref.ref, _Plan]] = {}
+
+
+def _plan(spec: WeightSpaceSpec, include_buffers: bool) -> _Plan:
+    """The cached plan of ``spec``. Keyed by the spec object (held weakly):
+    hashing a spec by content costs more than building its plan."""
+    key = (id(spec), bool(include_buffers))
+    hit = _PLAN_CACHE.get(key)
+    if hit is not None and hit[0]() is spec:
+        return hit[1]
+    plan = _build_plan(spec, include_buffers)
+    ref = weakref.ref(spec, lambda _, key=key: _PLAN_CACHE.pop(key, None))
+    _PLAN_CACHE[key] = (ref, plan)
+    return plan
+
+
+# --------------------------------------------------------------- workspace
+class _Workspace:
+    """The buffers of one plan for one dtype and device, with every view the
+    engine writes through made once (a call only fills them).
+
+    Per space: ``a_own`` ``[own, n]``: A's owner columns, transposed;
+    ``a_rest`` ``[n, width - own]``: A's other columns (row layout); ``bcat``
+    ``[width, n]``: all of B's columns, transposed; the cost matrix and, when
+    the space has both kinds of columns, its owner part.
+    """
+
+    def __init__(self, plan: _Plan, dtype: torch.dtype, device: torch.device) -> None:
+        self.plan = plan
+        self.key = (id(plan), dtype, device)
+
+        def empty(*shape):
+            return torch.empty(shape, dtype=dtype, device=device)
+
+        scratch = empty(plan.scratch)
+        self.a_own, self.a_rest, self.bcat, self.b_own, self.b_rest = [], [], [], [], []
+        self.cost, self.cown = [], []
+        self.a_views, self.b_views, self.a_copies, self.b_copies = [], [], [], []
+        self.dynamic: list[list[list[tuple[Tensor, Tensor]]]] = []
+        for sp in plan.spaces:
+            n, own = sp.n, sp.own
+            a_own, a_rest, bcat = empty(own, n), empty(n, sp.width - own), empty(sp.width, n)
+            cost = empty(n, n)
+            self.a_own.append(a_own)
+            self.a_rest.append(a_rest)
+            self.bcat.append(bcat)
+            self.b_own.append(bcat[:own])
+            self.b_rest.append(bcat[own:])
+            self.cost.append(cost)
+            self.cown.append(empty(n, n) if 0 < own < sp.width else cost)
+            self.a_views.append(a_own[:sp.view_width])
+            self.b_views.append(bcat[:sp.view_width])
+            self.a_copies.append([
+                a_own[c.offset:c.offset + c.width].view(c.t_shape) if c.owner else
+                a_rest[:, c.offset - own:c.offset - own + c.width].view(c.a_shape)
+                for c in sp.copies])
+            self.b_copies.append([bcat[c.offset:c.offset + c.width].view(c.t_shape)
+                                  for c in sp.copies])
+            self.dynamic.append([
+                [(bcat[d.offset:d.offset + d.width].view(sel.before, sel.size, sel.after),
+                  scratch[:d.width * n].view(sel.before, sel.size, sel.after))
+                 for sel in d.selects]
+                for d in sp.dynamic])
+        tensors = [scratch, *self.a_own, *self.a_rest, *self.bcat, *self.cost,
+                   *(c for c, cost in zip(self.cown, self.cost, strict=True) if c is not cost)]
+        self.nbytes = sum(t.numel() * t.element_size() for t in tensors)
+
+    def acat(self, i: int) -> Tensor:
+        """Space ``i``'s A-side columns as one row-layout ``[n, width]`` copy."""
+        return torch.cat([self.a_own[i].T, self.a_rest[i]], dim=1)
+
+
+#: Workspaces kept for reuse (most recently used last), and the largest one
+#: kept: repeated calls reuse warm memory instead of faulting in fresh pages.
+_WORKSPACES: OrderedDict[tuple, _Workspace] = OrderedDict()
+_WORKSPACE_SLOTS = 2
+_WORKSPACE_MAX_BYTES = 256 << 20
+_WORKSPACE_LOCK = threading.Lock()
+
+
+def _checkout(plan: _Plan, dtype: torch.dtype, device: torch.device) -> _Workspace:
+    """A workspace of ``plan``: a pooled one (taken out of the pool, so that
+    concurrent calls never share buffers) or a new one."""
+    with _WORKSPACE_LOCK:
+        ws = _WORKSPACES.pop((id(plan), dtype, device), None)
+    if ws is not None and ws.plan is plan:
+        return ws
+    return _Workspace(plan, dtype, device)
+
+
+def _checkin(ws: _Workspace) -> None:
+    if ws.nbytes > _WORKSPACE_MAX_BYTES:
+        return
+    with _WORKSPACE_LOCK:
+        _WORKSPACES[ws.key] = ws
+        _WORKSPACES.move_to_end(ws.key)
+        while len(_WORKSPACES) > _WORKSPACE_SLOTS:
+            _WORKSPACES.popitem(last=False)
+
+
+def clear_cache() -> None:
+    """Drop the cached plans and pooled workspaces of :func:`weight_matching`
+    (frees their memory; the next call on each spec builds them again)."""
+    with _WORKSPACE_LOCK:
+        _WORKSPACES.clear()
+    _PLAN_CACHE.clear()
+    _TERMS_CACHE.clear()
+
+
 # ------------------------------------------------------------------ engine
-class _DynamicBlock:
-    """A B-side block of ``Bcat_p`` that depends on other spaces' permutations."""
-
-    __slots__ = ("source", "selects", "deps", "out", "key")
-
-    def __init__(self, source: Tensor, selects: list[tuple[int, str, int]], out: Tensor) -> None:
-        self.source = source            # B as [n, block, *rest] (term axis first)
-        self.selects = selects          # (dim in source, space, block)
-        self.deps = tuple(s for _, s, _ in selects)
-        self.out = out                  # the block's slice of Bcat, shaped like source
-        self.key: tuple[int, ...] | None = None
-
-
-class _Space:
-    __slots__ = ("name", "n", "blocks", "acat", "bcat", "own", "dynamic", "self_coupled",
-                 "params", "deps", "solved")
-
-    def __init__(self, name: str, n: int, blocks: int) -> None:
-        self.name = name
-        self.n = n
-        self.blocks = blocks
-        self.own = 0                    # width of the owner columns (first in acat/bcat)
-        self.dynamic: list[_DynamicBlock] = []
-        self.self_coupled = False
-        self.params: set[str] = set()
-        self.deps: tuple[str, ...] = ()   # spaces whose permutations enter the cost
-        self.solved: tuple[int, ...] | None = None  # their versions at the last solve
-
-
 class _Matcher:
-    """Permutation coordinate descent with cached, incrementally updated costs.
+    """Permutation coordinate descent on a filled workspace.
 
     ``record``: when a list, every solve appends ``(space, Acat, Bcat)``
-    (clones) so that a benchmark can time the bare products and assignments.
+    (clones; ``Bcat`` as the transposed view of the buffer, so that
+    ``Acat @ Bcat.T`` is the product the engine computes) so that a benchmark
+    can time the bare products and assignments.
     """
 
     def __init__(
         self,
         spec: WeightSpaceSpec,
+        plan: _Plan,
+        ws: _Workspace,
         state_a: Mapping[str, Tensor],
         state_b: Mapping[str, Tensor],
         perms: dict[str, Tensor],
+        identity: dict[str, bool],
         include_buffers: bool,
         tol: float,
         record: list | None = None,
     ) -> None:
         self.spec = spec
+        self.plan = plan
+        self.spaces = plan.spaces
+        self.ws = ws
         self.state_a = state_a
         self.state_b = state_b
         self.perms = perms
+        self.identity = identity
+        self.include_buffers = include_buffers
         self.tol = tol
         self.record = record
-        self.include_buffers = include_buffers
-        first = next(iter(state_a.values()), None)
-        device = first.device if first is not None else torch.device("cpu")
-        dtype = compute_dtype(state_a, state_b)
-        self.device = device
-        self.version = dict.fromkeys(perms, 0)
         self.skipped = 0
-        self.identity = {name: bool(torch.equal(p, torch.arange(len(p))))
-                         for name, p in perms.items()}
-        self._index_cache: dict[tuple[str, int], tuple[int, Tensor]] = {}
-        self._perm_dev = {name: p.to(device) for name, p in perms.items()}
+        device = ws.key[2]
+        self.device = device
+        self.cpu = device.type == "cpu"
+        self.version = dict.fromkeys(perms, 0)
+        # device copies of every permutation a space has had, by version
+        self.history = {name: [p.to(device)] for name, p in perms.items()}
+        self._inverse_cache: dict[tuple[str, int], Tensor] = {}
+        self._relative_cache: dict[tuple[str, int, int, int], Tensor] = {}
+        n_spaces = len(plan.spaces)
+        self.solved: list[tuple[int, ...] | None] = [None] * n_spaces
+        # (dependency versions, own version) of each space's owner product
+        self.own_key: list[tuple | None] = [None] * n_spaces
+        # the versions each dynamic block holds; -1: unpermuted B (the fill)
+        start = {name: 0 if identity[name] else -1 for name in perms}
+        self.block_state = [[tuple(start[q] for q in d.deps) for d in sp.dynamic]
+                            for sp in plan.spaces]
+        self._fill(ws.key[1], device)
 
+    def _fill(self, dtype: torch.dtype, device: torch.device) -> None:
+        """Copy A (owner columns transposed, the rest in row layout) and B
+        (transposed, unpermuted) into the workspace."""
         def get(state, name):
             t = state[name]
             if t.dtype != dtype or t.device != device:
                 t = t.to(device, dtype)
             return t
 
-        self.spaces: list[_Space] = []
-        for s in spec.permutable_spaces:
-            terms = cost_terms(spec, include_buffers)[s.name]
-            if not terms:
-                continue
-            n = s.size
-            sp = _Space(s.name, n, s.permutation_blocks)
-            # [n, block, *rest] views of A and B with the term's axis first (no
-            # copies yet); 1-D owner terms are stacked into one [n, k] block
-            layout: list[tuple[Tensor, Tensor, CostTerm | None]] = []
-            vec_a: list[Tensor] = []
-            vec_b: list[Tensor] = []
-            for i, t in enumerate(terms):
-                sp.params.add(t.parameter)
-                wa, wb = get(state_a, t.parameter), get(state_b, t.parameter)
-                if t.vector:
-                    vec_a.append(wa)
-                    vec_b.append(wb)
-                    if i + 1 == len(terms) or not terms[i + 1].vector:
-                        layout.append((torch.stack(vec_a, dim=1), torch.stack(vec_b, dim=1),
-                                       None))
-                        sp.own += len(vec_a)
-                    continue
-                if t.axis != 0:
-                    wa, wb = wa.movedim(t.axis, 0), wb.movedim(t.axis, 0)
-                shape = (n, t.block, *wa.shape[1:])
-                layout.append((wa.reshape(shape), wb.reshape(shape), t))
-                if t.owner:
-                    sp.own += wa.numel() // n
-            width = sum(a.numel() // n for a, _, _ in layout)
-            sp.acat = torch.empty(n, width, dtype=dtype, device=device)
-            sp.bcat = torch.empty(n, width, dtype=dtype, device=device)
-            offset = 0
-            for a, b, t in layout:
-                w = a.numel() // n
-                sp.acat[:, offset:offset + w].view(a.shape).copy_(a)
-                out = sp.bcat[:, offset:offset + w].view(b.shape)
-                # a dynamic block starts unpermuted: exact while its
-                # dependencies are the identity, refreshed otherwise
-                out.copy_(b)
-                offset += w
-                if t is None or not t.others:
-                    continue
-                # dims of the other axes in [n, block, *rest] (t.axis moved to 0)
-                selects = [(j + 2 if j < t.axis else j + 1, q, bl) for j, q, bl in t.others]
-                sp.self_coupled |= any(q == s.name for _, q, _ in selects)
-                blk = _DynamicBlock(b, selects, out)
-                if all(self.identity[q] for q in blk.deps):
-                    blk.key = tuple(self.version[q] for q in blk.deps)
-                sp.dynamic.append(blk)
-            sp.deps = tuple(sorted({q for blk in sp.dynamic for q in blk.deps}))
-            self.spaces.append(sp)
+        a = {name: get(self.state_a, name) for name in self.plan.parameters}
+        b = {name: get(self.state_b, name) for name in self.plan.parameters}
+        ws = self.ws
+        for i, sp in enumerate(self.spaces):
+            n = sp.n
+            if sp.views:
+                torch.cat([a[p].reshape(n, -1).T for p in sp.views], dim=0, out=ws.a_views[i])
+                torch.cat([b[p].reshape(n, -1).T for p in sp.views], dim=0, out=ws.b_views[i])
+            for c, a_out, b_out in zip(sp.copies, ws.a_copies[i], ws.b_copies[i], strict=True):
+                a_out.copy_(a[c.parameter].reshape(c.split).permute(
+                    c.t_perm if c.owner else c.a_perm))
+                b_out.copy_(b[c.parameter].reshape(c.split).permute(c.t_perm))
 
     # ----------------------------------------------------------- helpers
-    def _index(self, space: str, block: int) -> Tensor:
-        version = self.version[space]
-        hit = self._index_cache.get((space, block))
-        if hit is not None and hit[0] == version:
-            return hit[1]
-        idx = expand_index(self._perm_dev[space], block)
-        self._index_cache[(space, block)] = (version, idx)
+    def _inverse(self, space: str, version: int) -> Tensor:
+        key = (space, version)
+        inv = self._inverse_cache.get(key)
+        if inv is None:
+            inv = self._inverse_cache[key] = torch.argsort(self.history[space][version])
+        return inv
+
+    def _relative(self, space: str, old: int, new: int, block: int) -> Tensor:
+        """Index that turns a block holding version ``old`` of ``space``'s
+        permutation on an axis into one holding version ``new``: a block
+        holding ``src[π_old]`` becomes ``src[π_new]`` by taking its entries
+        ``π_old⁻¹[π_new]``."""
+        key = (space, old, new, block)
+        idx = self._relative_cache.get(key)
+        if idx is None:
+            p_new = self.history[space][new]
+            rel = p_new if old < 0 else self._inverse(space, old)[p_new]
+            idx = self._relative_cache[key] = expand_index(rel, block)
         return idx
 
-    def _refresh(self, sp: _Space) -> None:
+    def _refresh(self, i: int) -> None:
+        """Bring the dynamic B blocks of space ``i`` up to date."""
+        sp = self.spaces[i]
+        if not sp.dynamic:
+            return
         version = self.version
-        for blk in sp.dynamic:
-            key = tuple(version[q] for q in blk.deps)
-            if key == blk.key:
+        states = self.block_state[i]
+        views = self.ws.dynamic[i]
+        for j, d in enumerate(sp.dynamic):
+            key = tuple(version[q] for q in d.deps)
+            held = states[j]
+            if key == held:
                 continue
-            if len(blk.selects) == 1:
-                dim, q, b = blk.selects[0]
-                torch.index_select(blk.source, dim, self._index(q, b), out=blk.out)
-            else:
-                t = blk.source
-                for dim, q, b in blk.selects:
-                    t = t.index_select(dim, self._index(q, b))
-                blk.out.copy_(t)
-            blk.key = key
+            for sel, (block, scratch), old, new in zip(d.selects, views[j], held, key,
+                                                       strict=True):
+                if old == new:
+                    continue
+                torch.index_select(block, 1, self._relative(sel.space, old, new, sel.block),
+                                   out=scratch)
+                block.copy_(scratch)
+            states[j] = key
 
-    def cost(self, sp: _Space) -> Tensor:
-        """The current cost matrix ``C_p`` (compute dtype, on the device)."""
-        self._refresh(sp)
-        return torch.mm(sp.acat, sp.bcat.T)
+    def _cost(self, i: int) -> Tensor:
+        """``C_p`` of space ``i`` (its owner part lands in ``ws.cown[i]``)."""
+        sp, ws = self.spaces[i], self.ws
+        if not sp.own:
+            return torch.mm(ws.a_rest[i], ws.bcat[i], out=ws.cost[i])
+        torch.mm(ws.a_own[i].T, ws.b_own[i], out=ws.cown[i])
+        if sp.own == sp.width:
+            return ws.cown[i]
+        return torch.addmm(ws.cown[i], ws.a_rest[i], ws.b_rest[i], out=ws.cost[i])
 
-    def objective(self) -> float:
-        """``Σ <W_a, π(W_b)>`` over the cost parameters: the owner columns of
-        every space, B's rows permuted. Row sums in the compute dtype (cascade
-        summation), rows accumulated in float64; temporaries are bounded to
-        about 1 MB (chunks of rows), which is faster than full-size copies."""
+    def objective(self, final: bool = False) -> float:
+        """``Σ <W_a, π(W_b)>`` over the cost parameters: ``Σ_i a_i · b_{perm[i]}``
+        over the owner columns of every space (row dots in the compute dtype,
+        accumulated in float64). With ``final``, a space whose owner product
+        from its last solve is still current contributes its entries
+        ``C_own[i, perm[i]]`` (the same row dots) instead of a pass."""
+        ws, version = self.ws, self.version
         parts = []
-        for sp in self.spaces:
+        for i, sp in enumerate(self.spaces):
             if not sp.own:
                 continue
-            self._refresh(sp)
-            a, b = sp.acat[:, :sp.own], sp.bcat[:, :sp.own]
-            perm = None if self.identity[sp.name] else self._perm_dev[sp.name]
-            rows = max(1, (1 << 18) // sp.own)
-            for start in range(0, sp.n, rows):
-                stop = min(start + rows, sp.n)
-                bb = b[start:stop] if perm is None else b[perm[start:stop]]
-                parts.append(torch.mul(a[start:stop], bb).sum(1))
+            current = self.history[sp.name][version[sp.name]]
+            if final and self.own_key[i] == (tuple(version[q] for q in sp.deps),
+                                             version[sp.name]):
+                parts.append(ws.cown[i].gather(1, current[:, None]).view(-1))
+                continue
+            self._refresh(i)
+            b = ws.b_own[i]
+            if not self.identity[sp.name]:
+                b = b.index_select(1, current)
+            # both sides hold the owner columns transposed: column dots
+            parts.append(torch.mul(ws.a_own[i], b).sum(0))
         if not parts:
             return 0.0
         return float(torch.cat(parts).double().sum())
 
-    def _set(self, sp: _Space, perm: np.ndarray) -> None:
+    def _set(self, sp: _SpacePlan, perm: np.ndarray) -> None:
         p = torch.from_numpy(np.ascontiguousarray(perm, dtype=np.int64))
         self.perms[sp.name] = p
-        self._perm_dev[sp.name] = p.to(self.device)
+        self.history[sp.name].append(p.to(self.device))
         self.version[sp.name] += 1
         self.identity[sp.name] = False
 
     # -------------------------------------------------------------- step
-    def step(self, sp: _Space) -> float:
-        """Solve space ``sp``; return the improvement of the objective (≥ 0).
+    def step(self, i: int) -> float:
+        """Solve space ``i``; return the improvement of the objective (≥ 0).
 
         A space whose cost matrix cannot have changed since its last solve
         (no permutation it depends on changed) is skipped: the assignment
         would return its current permutation.
         """
+        sp = self.spaces[i]
         key = tuple(self.version[q] for q in sp.deps)
-        if key == sp.solved:
+        if key == self.solved[i]:
             self.skipped += 1
             return 0.0
-        sp.solved = key
-        c = self.cost(sp)
+        self.solved[i] = key
+        self._refresh(i)
+        c = self._cost(i)
         if self.record is not None:
-            self.record.append((sp.name, sp.acat.clone(), sp.bcat.clone()))
-        cost = c.cpu().numpy() if c.device.type != "cpu" else c.numpy()
+            self.record.append((sp.name, self.ws.acat(i), self.ws.bcat[i].T.clone()))
+        cost = c.numpy() if self.cpu else c.cpu().numpy()
         if cost.dtype != np.float64:
             cost = cost.astype(np.float64)
         new = solve_assignment(cost, sp.blocks)
         old = self.perms[sp.name].numpy()
-        if (new == old).all():
-            return 0.0
-        rows = np.arange(sp.n)
-        picked_new, picked_old = cost[rows, new], cost[rows, old]
-        if sp.self_coupled:
-            # the cost is only a linearisation when p indexes two axes of one
-            # parameter: compare the exact objectives of the parameters of p
-            before = inner_objective(self.spec, self.state_a, self.state_b, self.perms,
-                                     self.include_buffers, sp.params)
-            trial = dict(self.perms)
-            trial[sp.name] = torch.from_numpy(np.asarray(new, dtype=np.int64))
-            after = inner_objective(self.spec, self.state_a, self.state_b, trial,
-                                    self.include_buffers, sp.params)
-        else:
-            before, after = float(picked_old.sum()), float(picked_new.sum())
-        scale = float(np.abs(picked_new).sum() + np.abs(picked_old).sum())
-        if after - before > self.tol * scale:
-            self._set(sp, new)
-            return after - before
-        return 0.0
+        gain = 0.0
+        if not (new == old).all():
+            rows = np.arange(sp.n)
+            picked_new, picked_old = cost[rows, new], cost[rows, old]
+            if sp.self_coupled:
+                # the cost is only a linearisation when p indexes two axes of
+                # one parameter: compare the exact objectives of its parameters
+                before = inner_objective(self.spec, self.state_a, self.state_b, self.perms,
+                                         self.include_buffers, sp.params)
+                trial = dict(self.perms)
+                trial[sp.name] = torch.from_numpy(np.asarray(new, dtype=np.int64))
+                after = inner_objective(self.spec, self.state_a, self.state_b, trial,
+                                        self.include_buffers, sp.params)
+            else:
+                before, after = float(picked_old.sum()), float(picked_new.sum())
+            scale = float(np.abs(picked_new).sum() + np.abs(picked_old).sum())
+            if after - before > self.tol * scale:
+                self._set(sp, new)
+                gain = after - before
+        # the owner product is exact for the space's permutation now unless
+        # that permutation also enters the cost (self-coupled and changed)
+        self.own_key[i] = (key, self.version[sp.name])
+        return gain
 
 
 def _raise_non_finite(spec, include_buffers, **states) -> None:
@@ -555,42 +803,62 @@ def weight_matching(
     # Finiteness is checked through the objective (below), not by a pass here.
     check_states(spec, finite=False, state_a=state_a, state_b=state_b)
     perms = resolve_init(spec, init)
-    with torch.no_grad():
-        matcher = _Matcher(spec, state_a, state_b, perms, include_buffers, tol, _record)
-        # every cost value enters the objective once: a non-finite objective
-        # flags NaN/inf weights without a separate pass over the parameters
-        objective = matcher.objective()
-        if not math.isfinite(objective):
-            _raise_non_finite(spec, include_buffers, state_a=state_a, state_b=state_b)
-        history = [objective]
-        rng = np.random.default_rng(seed)
-        converged = not matcher.spaces
-        sweeps = 0
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
+    # the start is the identity unless ``init`` says otherwise: then B as
+    # filled needs no gather before the first solve
+    identity = dict.fromkeys(perms, True) if init is None else {
+        name: bool(torch.equal(p, torch.arange(len(p)))) for name, p in perms.items()}
+    plan = _plan(spec, include_buffers)
+    first = next(iter(state_a.values()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    ws = _checkout(plan, compute_dtype(state_a, state_b), device)
+    try:
+        with torch.no_grad():
+            result = _run(spec, plan, ws, state_a, state_b, perms, identity, include_buffers,
+                          tol, _record, max_sweeps, seed, progress)
+    finally:
+        _checkin(ws)
+    return result
 
-            bar = tqdm(total=max_sweeps, desc="weight matching", unit="sweep")
-        try:
-            while not converged and sweeps < max_sweeps:
-                improved = False
-                for i in rng.permutation(len(matcher.spaces)):
-                    gain = matcher.step(matcher.spaces[i])
-                    if gain > 0:
-                        improved = True
-                        objective += gain
-                sweeps += 1
-                history.append(objective)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(objective=f"{objective:.6g}")
-                logger.debug("weight matching sweep %d: objective %.8g", sweeps, objective)
-                converged = not improved
-        finally:
+
+def _run(spec, plan, ws, state_a, state_b, perms, identity, include_buffers, tol, record,
+         max_sweeps, seed, progress) -> WeightMatchingResult:
+    """The descent of :func:`weight_matching` on a checked-out workspace."""
+    matcher = _Matcher(spec, plan, ws, state_a, state_b, perms, identity, include_buffers,
+                       tol, record)
+    # every cost value enters the objective once: a non-finite objective
+    # flags NaN/inf weights without a separate pass over the parameters
+    objective = matcher.objective()
+    if not math.isfinite(objective):
+        _raise_non_finite(spec, include_buffers, state_a=state_a, state_b=state_b)
+    history = [objective]
+    rng = np.random.default_rng(seed)
+    converged = not matcher.spaces
+    sweeps = 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=max_sweeps, desc="weight matching", unit="sweep")
+    try:
+        while not converged and sweeps < max_sweeps:
+            improved = False
+            for i in rng.permutation(len(matcher.spaces)):
+                gain = matcher.step(i)
+                if gain > 0:
+                    improved = True
+                    objective += gain
+            sweeps += 1
+            history.append(objective)
             if bar is not None:
-                bar.close()
-        final = matcher.objective()
-        solves = sweeps * len(matcher.spaces) - matcher.skipped
+                bar.update(1)
+                bar.set_postfix(objective=f"{objective:.6g}")
+            logger.debug("weight matching sweep %d: objective %.8g", sweeps, objective)
+            converged = not improved
+    finally:
+        if bar is not None:
+            bar.close()
+    final = matcher.objective(final=True)
+    solves = sweeps * len(matcher.spaces) - matcher.skipped
     return WeightMatchingResult(
         permutation=Permutation(dict(matcher.perms)),
         sweeps=sweeps,
