@@ -44,6 +44,30 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_pruner(args: argparse.Namespace) -> int:
+    from weightspace.cli import _progress
+    from weightspace.prune.meta import train_meta_pruner
+
+    report = train_meta_pruner(
+        args.zoo, args.output, group=args.group, mode=args.mode, hidden=args.hidden,
+        num_layers=args.layers, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        sparsity_weight=args.sparsity_weight, min_accuracy=args.min_accuracy, data=args.data,
+        seed=args.seed, progress=_progress(args))
+    if args.json:
+        print(json.dumps({k: v for k, v in report.items() if k != "rows"}, indent=2))
+        return 0
+    last = report["last"] or {}
+    print(f"meta-trained a {report['mode']} pruner on {report['networks']} networks of "
+          f"{report['zoo']} / {report['group']} in {report['seconds']:.0f} s")
+    if last:
+        print(f"  last epoch: task loss {last['task_loss']:.4f}, train accuracy of the outputs "
+              f"{last['train_accuracy']:.4f}, group lasso {last['input_group_lasso']:.2f} -> "
+              f"{last['group_lasso']:.2f}")
+    print(f"wrote {report['output']} (use it with: weightspace prune CHECKPOINT --structured "
+          f"--method meta --metanet {report['output']} ...)")
+    return 0
+
+
 def add_prune_parser(sub: argparse._SubParsersAction, model_arguments) -> None:
     p = sub.add_parser(
         "prune", help="prune a checkpoint (magnitude, structured, Taylor, metanetwork-guided)",
@@ -85,3 +109,34 @@ def add_prune_parser(sub: argparse._SubParsersAction, model_arguments) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser(
+        "train-pruner", help="meta-train a metanetwork pruner on a zoo (Meta-Pruning)",
+        description="Meta-train a graph metanetwork (GMN with an equivariant head) that maps a "
+                    "network to one of the same architecture that is easier to prune "
+                    "structurally (Liu et al., 'Meta Pruning via Graph Metanetworks', 2025): "
+                    "the task loss of the output networks plus a group-lasso term over every "
+                    "neuron's parameters, over the trained networks (last checkpoints, train "
+                    "split) of one zoo group. Use the result with `weightspace prune "
+                    "--structured --method meta --metanet PRUNER`.")
+    p.add_argument("zoo", help="the zoo (.h5), e.g. from `weightspace zoo build digits-cnn`")
+    p.add_argument("-o", "--output", required=True, help="the pruner (.safetensors)")
+    p.add_argument("--group", default=None, help="the zoo group (architecture) to train on")
+    p.add_argument("--mode", default="edit", choices=["edit", "gate"],
+                   help="edit: change every parameter (the paper's); gate: only rescale each "
+                        "neuron's group (default edit)")
+    p.add_argument("--hidden", type=int, default=32, help="GMN channels (default 32)")
+    p.add_argument("--layers", type=int, default=3, help="GMN layers (default 3)")
+    p.add_argument("--epochs", type=int, default=100, help="passes over the networks")
+    p.add_argument("--batch-size", type=int, default=8, help="networks per step")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    p.add_argument("--sparsity-weight", type=float, default=1e-2,
+                   help="weight of the group-lasso term")
+    p.add_argument("--min-accuracy", type=float, default=None,
+                   help="train only on networks with at least this test accuracy")
+    p.add_argument("--data", default="digits", help="digits (default) or file.npz: the "
+                                                    "training images of the task loss")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train_pruner)

@@ -123,8 +123,7 @@ def _meta_rewrite(metanet, spec: WeightSpaceSpec, state: dict[str, Tensor]) -> d
     if pruner.spec.hash != spec.hash:
         raise PruneError(f"{metanet}: the metanetwork was trained for another architecture "
                          f"(spec {pruner.spec.hash[:12]}, this model {spec.hash[:12]})")
-    with torch.no_grad():
-        return spec.unflatten(pruner(spec.flatten(state)[None])[0])
+    return pruner.rewrite(state)
 
 
 def prune_model(model: nn.Module, spec: WeightSpaceSpec, data: Split | None,
