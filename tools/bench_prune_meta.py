@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--scope", default="space")
     parser.add_argument("--finetune-epochs", type=int, default=10)
     parser.add_argument("--finetune-lr", type=float, default=3e-3)
+    parser.add_argument("--pre-finetune-epochs", type=int, default=0,
+                        help="fine-tuning before pruning (the metanetwork's output; the "
+                             "baseline's network gets the same)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--save-pruner", default=None,
@@ -170,7 +173,8 @@ def main(argv: list[str] | None = None) -> dict:
     methods = ["magnitude"] + [f"meta-{m}" for m in modes]
     results: dict[float, dict[str, list[dict]]] = {s: {m: [] for m in methods} for s in speedups}
     common = dict(finetune_epochs=args.finetune_epochs, lr=args.finetune_lr,
-                  importance=args.importance, scope=args.scope, seed=args.seed)
+                  importance=args.importance, scope=args.scope, seed=args.seed,
+                  pre_finetune_epochs=args.pre_finetune_epochs)
     for i, row in enumerate(held_out):
         state = spec.unflatten(row)
         for speedup in speedups:
@@ -204,7 +208,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"zoo {args.zoo}, group {group}: {len(networks)} training networks, {len(held_out)} "
           f"held-out (test accuracy >= {args.min_accuracy}); meta: {args.epochs} epochs, "
           f"λ={args.sparsity_weight}, lr={args.lr}, GMN {args.hidden}x{args.layers}; "
-          f"fine-tuning {args.finetune_epochs} epochs at lr {args.finetune_lr}; "
+          f"fine-tuning {args.pre_finetune_epochs} epochs before and {args.finetune_epochs} after "
+          f"pruning at lr {args.finetune_lr}; "
           f"importance {args.importance}, scope {args.scope}")
     for mode, t in training.items():
         print(f"meta-{mode}: trained in {t['seconds']:.0f} s; output/input group lasso "

@@ -479,8 +479,8 @@ def meta_train(pruner: MetaPruner, networks: Tensor | str | os.PathLike[str],
 def prune_to_speedup(model: nn.Module, spec: WeightSpaceSpec, state_dict: Mapping[str, Tensor],
                      speedup: float, data: Split, finetune_epochs: int = 0, lr: float = 1e-3,
                      importance: str = "l2", scope: str = "space", seed: int = 0,
-                     batch_size: int = 64, progress: bool = False
-                     ) -> tuple[nn.Module, dict[str, Any]]:
+                     batch_size: int = 64, progress: bool = False,
+                     pre_finetune_epochs: int = 0) -> tuple[nn.Module, dict[str, Any]]:
     """Structured pruning of ``state_dict`` to a reduction of MACs by
     ``speedup`` (group-norm importance, :func:`sparsity_for_speedup`,
     :func:`select_neurons_to_keep`, :func:`shrink_model`), then fine-tuning
@@ -488,13 +488,27 @@ def prune_to_speedup(model: nn.Module, spec: WeightSpaceSpec, state_dict: Mappin
     network this is the magnitude baseline; :func:`meta_prune` calls it on
     the meta-pruner's output.
 
+    Args:
+        pre_finetune_epochs: fine-tune the full network this many epochs
+            *before* pruning (the paper fine-tunes the metanetwork's output
+            first; give the baseline the same budget for a fair comparison).
+
     Returns:
         ``(small_model, report)``: the pruned, fine-tuned model (eval mode)
-        and ``accuracy_pruned`` (before fine-tuning), ``accuracy_finetuned``,
-        ``macs_before``, ``macs_after``, ``speedup`` (achieved), ``sparsity``
-        and ``sizes`` (the kept neurons per space).
+        and ``accuracy_pre_finetuned`` (the full network after the
+        pre-fine-tuning), ``accuracy_pruned`` (before fine-tuning),
+        ``accuracy_finetuned``, ``macs_before``, ``macs_after``, ``speedup``
+        (achieved), ``sparsity`` and ``sizes`` (the kept neurons per space).
     """
     state = {k: v.detach() for k, v in state_dict.items()}
+    accuracy_pre = None
+    if pre_finetune_epochs:
+        full = copy.deepcopy(model)
+        full.load_state_dict(state)
+        train_classifier(full, data, epochs=pre_finetune_epochs, lr=lr, batch_size=batch_size,
+                         seed=seed, progress=progress)
+        state = {k: v.detach().clone() for k, v in full.state_dict().items()}
+        _, accuracy_pre = evaluate(full, data.x_test, data.y_test)
     scores = neuron_importance(state, spec, importance)
     sparsity = sparsity_for_speedup(spec, scores, speedup, scope)
     keep = select_neurons_to_keep(scores, spec, sparsity, scope)
@@ -507,7 +521,8 @@ def prune_to_speedup(model: nn.Module, spec: WeightSpaceSpec, state_dict: Mappin
                          seed=seed, progress=progress)
     small.eval()
     _, finetuned_accuracy = evaluate(small, data.x_test, data.y_test)
-    report = {"accuracy_pruned": pruned_accuracy, "accuracy_finetuned": finetuned_accuracy,
+    report = {"accuracy_pre_finetuned": accuracy_pre, "pre_finetune_epochs": pre_finetune_epochs,
+              "accuracy_pruned": pruned_accuracy, "accuracy_finetuned": finetuned_accuracy,
               "macs_before": macs_before, "macs_after": macs_after,
               "speedup": macs_before / max(macs_after, 1), "target_speedup": speedup,
               "sparsity": sparsity, "sizes": sizes, "importance": importance, "scope": scope,
@@ -519,10 +534,12 @@ def meta_prune(pruner: MetaPruner, model: nn.Module, spec: WeightSpaceSpec,
                state_dict: Mapping[str, Tensor], speedup: float, data: Split,
                finetune_epochs: int = 0, lr: float = 1e-3, importance: str = "l2",
                scope: str = "space", seed: int = 0, batch_size: int = 64,
-               progress: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+               progress: bool = False, pre_finetune_epochs: int = 0
+               ) -> tuple[nn.Module, dict[str, Any]]:
     """Prune a network with a meta-trained pruner: map it through the
-    metanetwork, prune the result structurally to ``speedup`` (group-norm
-    importance of the *mapped* network), fine-tune (Liu et al., 2025).
+    metanetwork, optionally fine-tune the mapped network
+    (``pre_finetune_epochs``), prune it structurally to ``speedup``
+    (group-norm importance), fine-tune (Liu et al., 2025).
 
     Args:
         pruner: a meta-trained :class:`MetaPruner` for ``spec``.
@@ -552,7 +569,8 @@ def meta_prune(pruner: MetaPruner, model: nn.Module, spec: WeightSpaceSpec,
     mapped = pruner.rewrite(state)
     _, accuracy_metanet = evaluate(model, data.x_test, data.y_test, state_dict=mapped)
     small, report = prune_to_speedup(model, spec, mapped, speedup, data, finetune_epochs, lr,
-                                     importance, scope, seed, batch_size, progress)
+                                     importance, scope, seed, batch_size, progress,
+                                     pre_finetune_epochs)
     report = {"accuracy_before": accuracy_before, "accuracy_metanet": accuracy_metanet, **report}
     logger.info("meta-pruning to %.2fx: accuracy %.4f -> metanet %.4f -> pruned %.4f -> "
                 "fine-tuned %.4f", report["speedup"], accuracy_before, accuracy_metanet,
