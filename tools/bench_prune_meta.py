@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=5, help="networks per meta step")
     parser.add_argument("--lr", type=float, default=3e-3, help="meta-training learning rate")
     parser.add_argument("--sparsity-weight", type=float, default=0.01)
+    parser.add_argument("--sparsity-alpha", type=float, default=0.0,
+                        help="DepGraph's importance-adaptive weighting of the group lasso")
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--importance", default="l2")
@@ -154,7 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.perf_counter()
         history = meta_train(pruner, networks, spec, model, data, epochs=args.epochs,
                              batch_size=args.batch_size, lr=args.lr,
-                             sparsity_weight=args.sparsity_weight, seed=args.seed,
+                             sparsity_weight=args.sparsity_weight,
+                             sparsity_alpha=args.sparsity_alpha, seed=args.seed,
                              progress=args.progress)
         with torch.no_grad():
             held_lasso = float((group_lasso(spec, pruner(held_out))
@@ -207,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
     wall = time.perf_counter() - start
     print(f"zoo {args.zoo}, group {group}: {len(networks)} training networks, {len(held_out)} "
           f"held-out (test accuracy >= {args.min_accuracy}); meta: {args.epochs} epochs, "
-          f"λ={args.sparsity_weight}, lr={args.lr}, GMN {args.hidden}x{args.layers}; "
+          f"λ={args.sparsity_weight}, α={args.sparsity_alpha}, lr={args.lr}, GMN {args.hidden}x{args.layers}; "
           f"fine-tuning {args.pre_finetune_epochs} epochs before and {args.finetune_epochs} after "
           f"pruning at lr {args.finetune_lr}; "
           f"importance {args.importance}, scope {args.scope}")

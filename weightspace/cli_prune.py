@@ -51,7 +51,8 @@ def cmd_train_pruner(args: argparse.Namespace) -> int:
     report = train_meta_pruner(
         args.zoo, args.output, group=args.group, mode=args.mode, hidden=args.hidden,
         num_layers=args.layers, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        sparsity_weight=args.sparsity_weight, min_accuracy=args.min_accuracy, data=args.data,
+        sparsity_weight=args.sparsity_weight, sparsity_alpha=args.sparsity_alpha,
+        min_accuracy=args.min_accuracy, data=args.data,
         seed=args.seed, progress=_progress(args))
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k != "rows"}, indent=2))
@@ -132,6 +133,9 @@ def add_prune_parser(sub: argparse._SubParsersAction, model_arguments) -> None:
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     p.add_argument("--sparsity-weight", type=float, default=1e-2,
                    help="weight of the group-lasso term")
+    p.add_argument("--sparsity-alpha", type=float, default=0.0,
+                   help="DepGraph's adaptive weighting: the least important neurons' norms "
+                        "count up to 2**alpha times more (default 0: plain group lasso)")
     p.add_argument("--min-accuracy", type=float, default=None,
                    help="train only on networks with at least this test accuracy")
     p.add_argument("--data", default="digits", help="digits (default) or file.npz: the "

@@ -165,3 +165,24 @@ def test_meta_prune_reaches_the_speedup(zoo, digits):
         other = trace(SmallCNN(1, (4, 4)), torch.zeros(1, 1, 8, 8))
         meta_prune(pruner, SmallCNN(1, (4, 4)), other, SmallCNN(1, (4, 4)).state_dict(), 2.0,
                    digits)
+
+
+def test_group_lasso_and_its_adaptive_weighting(zoo):
+    _, spec, rows = zoo
+    from weightspace.prune import group_norms
+
+    norms = group_norms(spec.unflatten(rows[0]), spec)
+    plain = sum(n.sum() for n in norms.values())
+    assert torch.allclose(group_lasso(spec, rows[:1])[0], plain)
+    # DepGraph weighting: the weakest neuron of a space counts 2**alpha times, the strongest once
+    alpha = 3.0
+    expected = 0.0
+    for n in norms.values():
+        scaled = (n.max() - n) / (n.max() - n.min())
+        expected = expected + (2 ** (alpha * scaled) * n).sum()
+    weighted = group_lasso(spec, rows[:1], alpha=alpha)[0]
+    assert torch.allclose(weighted, expected)
+    assert plain < weighted < 2 ** alpha * plain
+    params = rows[:1].clone().requires_grad_(True)
+    group_lasso(spec, params, alpha=alpha).sum().backward()
+    assert params.grad is not None and params.grad.abs().sum() > 0

@@ -335,27 +335,44 @@ def output_logits(model: nn.Module, spec: WeightSpaceSpec, params: Tensor, input
                             for b in range(params.shape[0])])
 
 
-def group_lasso(spec: WeightSpaceSpec, params: Tensor) -> Tensor:
+def group_lasso(spec: WeightSpaceSpec, params: Tensor, alpha: float = 0.0) -> Tensor:
     """The group-sparsity penalty of each network: the sum over every
     pruneable space of its neurons' group-L2 norms
     (:func:`~weightspace.prune.group_norms`), differentiable.
+
+    With ``alpha > 0`` each norm is weighted as in DepGraph's sparse training
+    (Fang et al., "DepGraph: Towards Any Structural Pruning", CVPR 2023):
+    ``2 ** (alpha * (I_max - I_i) / (I_max - I_min))`` with ``I`` the
+    (detached) norms of the space, so the least important neurons are pushed
+    to zero up to ``2 ** alpha`` times harder than the most important ones —
+    the penalty concentrates on what pruning will remove instead of
+    shrinking every neuron alike.
 
     Shapes:
         - params: ``[B, P]``
         - output: ``[B]``
     """
     state = split_parameters(spec, params)
-    return torch.stack([
-        sum(norms.sum() for norms in group_norms({k: v[b] for k, v in state.items()},
-                                                 spec).values())
-        for b in range(params.shape[0])])
+    totals = []
+    for b in range(params.shape[0]):
+        total = params.new_zeros(())
+        for norms in group_norms({k: v[b] for k, v in state.items()}, spec).values():
+            if alpha > 0 and norms.numel() > 1:
+                importance = norms.detach()
+                spread = (importance.max() - importance.min()).clamp_min(1e-12)
+                weights = torch.exp2(alpha * (importance.max() - importance) / spread)
+                norms = weights * norms
+            total = total + norms.sum()
+        totals.append(total)
+    return torch.stack(totals)
 
 
 # ------------------------------------------------------------ meta-training
 def meta_train(pruner: MetaPruner, networks: Tensor | str | os.PathLike[str],
                spec: WeightSpaceSpec, model: nn.Module, data: Split, *, group: str | None = None,
                epochs: int = 100, batch_size: int = 8, lr: float = 1e-3,
-               sparsity_weight: float = 1e-3, image_batch: int = 128,
+               sparsity_weight: float = 1e-3, sparsity_alpha: float = 0.0,
+               image_batch: int = 128,
                weight_decay: float = 0.0, grad_clip: float = 1.0, seed: int = 0,
                progress: bool = False) -> list[dict[str, float]]:
     """Meta-train ``pruner`` over a zoo of networks (Liu et al., 2025).
@@ -383,6 +400,8 @@ def meta_train(pruner: MetaPruner, networks: Tensor | str | os.PathLike[str],
         batch_size: networks per step.
         lr: peak learning rate.
         sparsity_weight: ``λ``, weight of the group-lasso penalty.
+        sparsity_alpha: DepGraph's importance-adaptive weighting of the
+            penalty (:func:`group_lasso`; 0: plain group lasso).
         image_batch: training images per step (shared by the step's networks).
         weight_decay: AdamW weight decay of the metanetwork.
         grad_clip: maximum gradient norm (``0``: no clipping).
@@ -447,7 +466,7 @@ def meta_train(pruner: MetaPruner, networks: Tensor | str | os.PathLike[str],
                 logits = output_logits(functional, spec, out, x)
                 task = nn.functional.cross_entropy(logits.flatten(0, 1),
                                                    y.repeat(len(params)))
-                penalty = group_lasso(spec, out).mean()
+                penalty = group_lasso(spec, out, sparsity_alpha).mean()
                 loss = task + sparsity_weight * penalty
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -583,7 +602,7 @@ def train_meta_pruner(zoo: str | os.PathLike[str], output: str | os.PathLike[str
                       group: str | None = None, mode: str = "edit", hidden: int = 32,
                       num_layers: int = 3, epochs: int = 100, batch_size: int = 8,
                       lr: float = 3e-3, sparsity_weight: float = 1e-2,
-                      min_accuracy: float | None = None, data: str = "digits", seed: int = 0,
+                      sparsity_alpha: float = 0.0, min_accuracy: float | None = None, data: str = "digits", seed: int = 0,
                       progress: bool = False) -> dict[str, Any]:
     """Meta-train a :class:`MetaPruner` on the trained networks of a zoo group
     and save it (what ``weightspace train-pruner`` runs).
@@ -599,7 +618,8 @@ def train_meta_pruner(zoo: str | os.PathLike[str], output: str | os.PathLike[str
         output: the pruner (``.safetensors``).
         group: the zoo group (architecture); may be omitted for a one-group zoo.
         mode, hidden, num_layers, seed: :class:`MetaPruner` arguments.
-        epochs, batch_size, lr, sparsity_weight: :func:`meta_train` arguments.
+        epochs, batch_size, lr, sparsity_weight, sparsity_alpha:
+            :func:`meta_train` arguments.
         min_accuracy: only train on networks at least this accurate.
         data: ``"digits"`` or an ``.npz`` (its training images feed the task
             loss).
@@ -638,13 +658,14 @@ def train_meta_pruner(zoo: str | os.PathLike[str], output: str | os.PathLike[str
     start = time.perf_counter()
     history = meta_train(pruner, networks, spec, model, split, epochs=epochs,
                          batch_size=batch_size, lr=lr, sparsity_weight=sparsity_weight,
-                         seed=seed, progress=progress)
+                         sparsity_alpha=sparsity_alpha, seed=seed, progress=progress)
     seconds = time.perf_counter() - start
     with torch.no_grad():
         ratio = float((group_lasso(spec, pruner(networks)) / group_lasso(spec, networks)).mean())
     settings = {"zoo": str(zoo), "group": group, "networks": len(networks),
                 "min_accuracy": min_accuracy, "data": data, "epochs": epochs,
-                "batch_size": batch_size, "lr": lr, "sparsity_weight": sparsity_weight}
+                "batch_size": batch_size, "lr": lr, "sparsity_weight": sparsity_weight,
+                "sparsity_alpha": sparsity_alpha}
     save_meta_pruner(pruner, output, training=settings)
     report = {**settings, "rows": indices.tolist(), "seconds": seconds, "mode": mode,
               "first": history[0] if history else None,
