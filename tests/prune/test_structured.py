@@ -89,6 +89,22 @@ def test_channel_norms_are_resized(traced, name):
         assert small(t.x).shape == t.model(t.x).shape
 
 
+@pytest.mark.parametrize("name", ["small_cnn", "resnet_bn"])
+def test_values_come_from_the_given_state_dict(traced, name):
+    """With ``state_dict=``, every value of the result comes from it, also
+    those of tensors that pruning leaves whole (the classifier's bias,
+    BatchNorm's counter): the module passed only gives the architecture."""
+    trained, other = traced(name, seed=0), traced(name, seed=1)
+    keep = _random_keep(trained.spec, torch.Generator().manual_seed(3))
+    expected = shrink_model(trained.model, trained.spec, keep)
+    got = shrink_model(other.model, trained.spec, keep, state_dict=trained.state_dict)
+    for (key, a), (_, b) in zip(expected.state_dict().items(), got.state_dict().items(),
+                                strict=True):
+        assert torch.equal(a, b), key
+    with torch.no_grad():
+        assert torch.equal(got(trained.x), expected(trained.x))
+
+
 def test_model_and_inputs_are_not_modified(traced):
     t = traced("resnet_bn")
     before = t.state_dict

@@ -425,6 +425,14 @@ def shrink_model(model: nn.Module, spec: WeightSpaceSpec, keep: Mapping[str, Ten
     source = dict(model.state_dict() if state_dict is None else state_dict)
     small_state = prune_state_dict(source, spec, keep)
     small = copy.deepcopy(model)
+    if state_dict is not None:
+        # every value comes from `state_dict`, also those of tensors pruning leaves whole
+        # (a classifier's bias, buffers the spec does not describe)
+        own = small.state_dict()
+        with torch.no_grad():
+            for name, value in source.items():
+                if name in own and tuple(own[name].shape) == tuple(value.shape):
+                    own[name].copy_(value)
     touched: dict[str, tuple[nn.Module, dict[str, int]]] = {}
     for p in spec.parameters:
         new = small_state[p.name]
