@@ -16,14 +16,18 @@ against plain structured magnitude pruning, on a digits-cnn zoo.
 
    Both use the same importance, scope, fine-tuning epochs, learning rate and
    data order.
-3. Print mean ± std of the test accuracy per method and speed-up, before and
-   after fine-tuning, and the paired difference to the magnitude baseline.
+3. Repeat for each of ``--seeds`` (its own held-out networks, pruner
+   initialisation and data order) and print, per method and speed-up, the
+   test accuracy before and after fine-tuning as mean ± std over seeds of
+   the per-seed means, and the paired difference to the magnitude baseline;
+   optionally plot accuracy against speed-up.
 
 Usage::
 
-    python tools/bench_prune_meta.py --zoo /tmp/z/cnn-small.h5 [--group cnn-silu]
-        [--modes edit,gate] [--speedups 2,3] [--holdout 5] [--epochs 150]
-        [--sparsity-weight 0.01] [--finetune-epochs 10] [--json out.json]
+    python tools/bench_prune_meta.py --zoo digits-cnn-full.h5 [--group cnn-tanh]
+        [--modes edit,gate] [--speedups 1.5,2,3,4] [--holdout 8] [--epochs 60]
+        [--sparsity-weight 0.01] [--finetune-epochs 10] [--seeds 0,1,2]
+        [--json out.json] [--plot meta.png]
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import time
 import numpy as np
 import torch
 
-from weightspace.data import load_digits_split
+from weightspace.classify import load_split
 from weightspace.prune.meta import (
     MetaPruner,
     group_lasso,
@@ -93,19 +97,136 @@ def _summary(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+def run_seed(args, zoo, group: str, seed: int) -> dict:
+    """Meta-train the pruners of one seed (its own held-out networks) and
+    prune every held-out network with every method at every speed-up."""
+    spec = zoo.group(group).spec
+    model = zoo.group(group).model_def.build().eval()
+    train_rows, held_out_rows = _split(zoo, group, args.holdout, args.min_accuracy,
+                                       None if args.train_min_accuracy < 0
+                                       else args.train_min_accuracy, seed)
+    networks = zoo.params(train_rows).float()
+    held_out = zoo.params(held_out_rows).float()
+    data = load_split("digits", (1, *spec.input_shape))
+    speedups = _floats(args.speedups)
+    modes = [m for m in args.modes.split(",") if m]
+    logger.info("seed %d, %s / %s: meta-training on %d networks, evaluating on %d held-out "
+                "(rows %s)", seed, args.zoo, group, len(networks), len(held_out),
+                held_out_rows.tolist())
+
+    pruners, training = {}, {}
+    for mode in modes:
+        pruner = MetaPruner(spec, hidden=args.hidden, num_layers=args.layers, seed=seed,
+                            mode=mode)
+        t0 = time.perf_counter()
+        history = meta_train(pruner, networks, spec, model, data, epochs=args.epochs,
+                             batch_size=args.batch_size, lr=args.lr,
+                             sparsity_weight=args.sparsity_weight,
+                             sparsity_alpha=args.sparsity_alpha, seed=seed,
+                             progress=args.progress)
+        with torch.no_grad():
+            held_lasso = float((group_lasso(spec, pruner(held_out))
+                                / group_lasso(spec, held_out)).mean())
+        training[mode] = {"seconds": time.perf_counter() - t0, "first": history[0],
+                          "last": history[-1], "held_out_group_lasso_ratio": held_lasso}
+        logger.info("seed %d meta-%s: %.0f s, task loss %.3f -> %.3f, group lasso %.1f -> %.1f "
+                    "(train), held-out output/input group lasso %.3f", seed, mode,
+                    training[mode]["seconds"], history[0]["task_loss"],
+                    history[-1]["task_loss"], history[-1]["input_group_lasso"],
+                    history[-1]["group_lasso"], held_lasso)
+        if args.save_pruner:
+            save_meta_pruner(pruner, args.save_pruner.replace("MODE", mode)
+                             .replace("SEED", str(seed)),
+                             training={"zoo": str(args.zoo), "group": group, "seed": seed,
+                                       **vars(args)})
+        pruners[mode] = pruner
+
+    methods = ["magnitude"] + [f"meta-{m}" for m in modes]
+    results: dict[str, dict[str, list[dict]]] = {str(s): {m: [] for m in methods}
+                                                 for s in speedups}
+    common = dict(finetune_epochs=args.finetune_epochs, lr=args.finetune_lr,
+                  importance=args.importance, scope=args.scope, seed=seed,
+                  pre_finetune_epochs=args.pre_finetune_epochs)
+    accuracy = zoo.column("test_accuracy", held_out_rows)
+    for i, row in enumerate(held_out):
+        state = spec.unflatten(row)
+        for speedup in speedups:
+            _, report = prune_to_speedup(model, spec, state, speedup, data, **common)
+            report["accuracy_before"] = report["accuracy_metanet"] = float(accuracy[i])
+            results[str(speedup)]["magnitude"].append(report)
+            for mode in modes:
+                _, report = meta_prune(pruners[mode], model, spec, state, speedup, data,
+                                       **common)
+                results[str(speedup)][f"meta-{mode}"].append(report)
+    return {"seed": seed, "train_rows": train_rows.tolist(),
+            "held_out_rows": held_out_rows.tolist(), "training": training, "results": results}
+
+
+def _per_seed_means(runs: list[dict], speedup: str, method: str, key: str) -> list[float]:
+    return [statistics.mean(r[key] for r in run["results"][speedup][method]) for run in runs]
+
+
+def table(runs: list[dict], speedups: list[str], methods: list[str]) -> str:
+    header = ("| speed-up (MACs) | method | original | after metanet | pruned | fine-tuned "
+              "| Δ fine-tuned vs magnitude |")
+    lines = [header, "|---" * 7 + "|"]
+    for speedup in speedups:
+        base = _per_seed_means(runs, speedup, "magnitude", "accuracy_finetuned")
+        achieved = statistics.mean(r["speedup"] for run in runs
+                                   for r in run["results"][speedup]["magnitude"])
+        for method in methods:
+            cells = [_summary(_per_seed_means(runs, speedup, method, key))
+                     for key in ("accuracy_before", "accuracy_metanet", "accuracy_pruned",
+                                 "accuracy_finetuned")]
+            tuned = _per_seed_means(runs, speedup, method, "accuracy_finetuned")
+            diff = [a - b for a, b in zip(tuned, base, strict=True)]
+            delta = "-" if method == "magnitude" else (
+                f"{statistics.mean(diff):+.4f}" + (f" ± {statistics.stdev(diff):.4f}"
+                                                   if len(diff) > 1 else ""))
+            lines.append(f"| {float(speedup):g}× ({achieved:.2f}×) | {method} | "
+                         + " | ".join(cells) + f" | {delta} |")
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict], speedups: list[str], methods: list[str], path: str,
+         title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    x = [float(s) for s in speedups]
+    for ax, key, label in ((axes[0], "accuracy_pruned", "pruned, before fine-tuning"),
+                           (axes[1], "accuracy_finetuned", "after fine-tuning")):
+        for method in methods:
+            values = [_per_seed_means(runs, s, method, key) for s in speedups]
+            means = [statistics.mean(v) for v in values]
+            stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+            ax.errorbar(x, means, yerr=stds, marker="o", capsize=3, label=method)
+        ax.set_xlabel("reduction of multiply-accumulates (×)")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(label)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--zoo", default="/tmp/z/cnn-small.h5")
+    parser.add_argument("--zoo", required=True, help="a zoo of trained classifiers (.h5)")
     parser.add_argument("--group", default=None, help="zoo group (default: most trained runs)")
     parser.add_argument("--modes", default="edit,gate", help="meta-pruner modes to compare")
     parser.add_argument("--speedups", default="2,3")
-    parser.add_argument("--holdout", type=int, default=5, help="held-out networks (>= 3)")
+    parser.add_argument("--holdout", type=int, default=5, help="held-out networks per seed (>= 3)")
     parser.add_argument("--min-accuracy", type=float, default=0.8,
                         help="test accuracy a held-out network must have")
     parser.add_argument("--train-min-accuracy", type=float, default=0.5,
                         help="test accuracy a training network must have (-1: all)")
-    parser.add_argument("--epochs", type=int, default=150, help="meta-training epochs")
+    parser.add_argument("--epochs", type=int, default=60, help="meta-training epochs")
     parser.add_argument("--batch-size", type=int, default=5, help="networks per meta step")
     parser.add_argument("--lr", type=float, default=3e-3, help="meta-training learning rate")
     parser.add_argument("--sparsity-weight", type=float, default=0.01)
@@ -120,11 +241,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--pre-finetune-epochs", type=int, default=0,
                         help="fine-tuning before pruning (the metanetwork's output; the "
                              "baseline's network gets the same)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="each seed: its own held-out networks, "
+                                                     "pruner initialisation and data order")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--save-pruner", default=None,
-                        help="save each trained pruner here (MODE replaced by its mode)")
+                        help="save each trained pruner here (MODE and SEED replaced)")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--plot", default=None, help="write accuracy against speed-up here")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -136,95 +259,33 @@ def main(argv: list[str] | None = None) -> dict:
 
     zoo = open_zoo(args.zoo)
     group = args.group or _pick_group(zoo)
-    spec = zoo.group(group).spec
-    model = zoo.group(group).model_def.build().eval()
-    train_rows, held_out_rows = _split(zoo, group, args.holdout, args.min_accuracy,
-                                       None if args.train_min_accuracy < 0
-                                       else args.train_min_accuracy, args.seed)
-    networks = zoo.params(train_rows).float()
-    held_out = zoo.params(held_out_rows).float()
-    data = load_digits_split()
-    speedups = _floats(args.speedups)
-    modes = [m for m in args.modes.split(",") if m]
-    logger.info("%s / %s: meta-training on %d networks, evaluating on %d held-out (rows %s)",
-                args.zoo, group, len(networks), len(held_out), held_out_rows.tolist())
-
-    pruners, training = {}, {}
-    for mode in modes:
-        pruner = MetaPruner(spec, hidden=args.hidden, num_layers=args.layers, seed=args.seed,
-                            mode=mode)
-        t0 = time.perf_counter()
-        history = meta_train(pruner, networks, spec, model, data, epochs=args.epochs,
-                             batch_size=args.batch_size, lr=args.lr,
-                             sparsity_weight=args.sparsity_weight,
-                             sparsity_alpha=args.sparsity_alpha, seed=args.seed,
-                             progress=args.progress)
-        with torch.no_grad():
-            held_lasso = float((group_lasso(spec, pruner(held_out))
-                                / group_lasso(spec, held_out)).mean())
-        training[mode] = {"seconds": time.perf_counter() - t0, "first": history[0],
-                          "last": history[-1], "held_out_group_lasso_ratio": held_lasso}
-        logger.info("meta-%s: %.0f s, task loss %.3f -> %.3f, group lasso %.1f -> %.1f "
-                    "(train), held-out output/input group lasso %.3f", mode,
-                    training[mode]["seconds"], history[0]["task_loss"], history[-1]["task_loss"],
-                    history[-1]["input_group_lasso"], history[-1]["group_lasso"], held_lasso)
-        if args.save_pruner:
-            save_meta_pruner(pruner, args.save_pruner.replace("MODE", mode),
-                             training={"zoo": str(args.zoo), "group": group, **vars(args)})
-        pruners[mode] = pruner
-
-    methods = ["magnitude"] + [f"meta-{m}" for m in modes]
-    results: dict[float, dict[str, list[dict]]] = {s: {m: [] for m in methods} for s in speedups}
-    common = dict(finetune_epochs=args.finetune_epochs, lr=args.finetune_lr,
-                  importance=args.importance, scope=args.scope, seed=args.seed,
-                  pre_finetune_epochs=args.pre_finetune_epochs)
-    for i, row in enumerate(held_out):
-        state = spec.unflatten(row)
-        for speedup in speedups:
-            _, report = prune_to_speedup(model, spec, state, speedup, data, **common)
-            report["accuracy_before"] = report["accuracy_metanet"] = float(
-                zoo.column("test_accuracy", held_out_rows[i:i + 1])[0])
-            results[speedup]["magnitude"].append(report)
-            for mode in modes:
-                _, report = meta_prune(pruners[mode], model, spec, state, speedup, data, **common)
-                results[speedup][f"meta-{mode}"].append(report)
-
-    header = (f"{'speed-up':>8}  {'method':<11} {'MACs':>7}  {'original':>15}  "
-              f"{'after metanet':>15}  {'pruned':>15}  {'fine-tuned':>15}  "
-              f"{'Δ fine-tuned vs magnitude':>26}")
-    lines = [header, "-" * len(header)]
-    for speedup in speedups:
-        baseline = [r["accuracy_finetuned"] for r in results[speedup]["magnitude"]]
-        for method in methods:
-            reports = results[speedup][method]
-            finetuned = [r["accuracy_finetuned"] for r in reports]
-            diff = [a - b for a, b in zip(finetuned, baseline, strict=True)]
-            delta = "-" if method == "magnitude" else (
-                f"{statistics.mean(diff):+.4f} ± {statistics.stdev(diff):.4f}")
-            lines.append(
-                f"{speedup:>7.1f}x  {method:<11} {statistics.mean(r['speedup'] for r in reports):>6.2f}x"
-                f"  {_summary([r['accuracy_before'] for r in reports]):>15}"
-                f"  {_summary([r['accuracy_metanet'] for r in reports]):>15}"
-                f"  {_summary([r['accuracy_pruned'] for r in reports]):>15}"
-                f"  {_summary(finetuned):>15}  {delta:>26}")
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    runs = [run_seed(args, zoo, group, seed) for seed in seeds]
+    speedups = [str(s) for s in _floats(args.speedups)]
+    methods = ["magnitude"] + [f"meta-{m}" for m in args.modes.split(",") if m]
     wall = time.perf_counter() - start
-    print(f"zoo {args.zoo}, group {group}: {len(networks)} training networks, {len(held_out)} "
-          f"held-out (test accuracy >= {args.min_accuracy}); meta: {args.epochs} epochs, "
-          f"λ={args.sparsity_weight}, α={args.sparsity_alpha}, lr={args.lr}, GMN {args.hidden}x{args.layers}; "
-          f"fine-tuning {args.pre_finetune_epochs} epochs before and {args.finetune_epochs} after "
-          f"pruning at lr {args.finetune_lr}; "
-          f"importance {args.importance}, scope {args.scope}")
-    for mode, t in training.items():
-        print(f"meta-{mode}: trained in {t['seconds']:.0f} s; output/input group lasso "
-              f"{t['last']['group_lasso'] / t['last']['input_group_lasso']:.3f} (training "
-              f"networks), {t['held_out_group_lasso_ratio']:.3f} (held-out)")
-    print("\n".join(lines))
-    print(f"(test accuracy on digits, mean ± std over {len(held_out)} held-out networks; Δ is "
-          f"paired per network; wall time {wall:.0f} s on {platform.processor() or 'cpu'}, "
-          f"{args.threads} thread(s))")
-    out = {"args": vars(args), "group": group, "train_rows": train_rows.tolist(),
-           "held_out_rows": held_out_rows.tolist(), "training": training,
-           "results": {str(s): v for s, v in results.items()}, "wall_seconds": wall}
+
+    print(f"zoo {args.zoo}, group {group}: per seed {len(runs[0]['train_rows'])} training "
+          f"networks and {args.holdout} held-out (test accuracy >= {args.min_accuracy}); "
+          f"meta: {args.epochs} epochs, λ={args.sparsity_weight}, α={args.sparsity_alpha}, "
+          f"lr={args.lr}, GMN {args.hidden}x{args.layers}; fine-tuning "
+          f"{args.pre_finetune_epochs} epochs before and {args.finetune_epochs} after pruning "
+          f"at lr {args.finetune_lr}; importance {args.importance}, scope {args.scope}")
+    for mode in (m for m in args.modes.split(",") if m):
+        seconds = statistics.mean(r["training"][mode]["seconds"] for r in runs)
+        ratio = [r["training"][mode]["held_out_group_lasso_ratio"] for r in runs]
+        print(f"meta-{mode}: trained in {seconds:.0f} s per seed; held-out output/input group "
+              f"lasso {_summary(ratio)}")
+    print(table(runs, speedups, methods))
+    print(f"(test accuracy on digits: per seed the mean over its {args.holdout} held-out "
+          f"networks, then mean ± std over seeds {seeds}; Δ is paired per seed; wall time "
+          f"{wall:.0f} s on {platform.processor() or 'cpu'}, {args.threads} thread(s))")
+    out = {"args": vars(args), "group": group, "runs": runs, "wall_seconds": wall}
+    if args.plot:
+        plot(runs, speedups, methods, args.plot,
+             f"{args.zoo.rsplit('/', 1)[-1]} / {group}: magnitude vs meta-pruning, "
+             f"{len(seeds)} seeds × {args.holdout} held-out networks")
+        print(f"wrote {args.plot}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(out, handle, indent=2, default=float)
