@@ -130,13 +130,21 @@ def tables(rows: list[dict]) -> str:
         dense = [r["accuracy"] for r in rows if r["arch"] == arch and r["kind"] == "dense"]
         lines.append(f"\n### {arch}: dense test accuracy {_summary(dense)}\n")
         un = _group(rows, arch, "unstructured")
-        levels = sorted({lvl for m in un.values() for lvl in m})
-        lines.append("| unstructured | " + " | ".join(f"{lvl:.0%} zero" for lvl in levels) + " |")
-        lines.append("|---" * (len(levels) + 1) + "|")
-        for method, by_level in un.items():
-            cells = [_summary([r["accuracy"] for r in by_level[lvl]]) if lvl in by_level
-                     else "" for lvl in levels]
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        # one-shot methods at the asked sparsities; IMP at the sparsities its rounds reach
+        for title, methods in (("unstructured", [m for m in un if not m.startswith("IMP")]),
+                               ("lottery tickets", [m for m in un if m.startswith("IMP")])):
+            if not methods:
+                continue
+            levels = sorted({lvl for m in methods for lvl in un[m]})
+            lines.append(f"| {title} | " + " | ".join(f"{lvl:.0%} zero" for lvl in levels)
+                         + " |")
+            lines.append("|---" * (len(levels) + 1) + "|")
+            for method in methods:
+                by_level = un[method]
+                cells = [_summary([r["accuracy"] for r in by_level[lvl]]) if lvl in by_level
+                         else "" for lvl in levels]
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            lines.append("")
         st = _group(rows, arch, "structured")
         levels = sorted({lvl for m in st.values() for lvl in m})
         lines.append("")
@@ -203,10 +211,18 @@ def main() -> None:
     parser.add_argument("--latency-batch", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None, help="write every row to this file")
+    parser.add_argument("--from-json", default=None,
+                        help="only print the tables (and plots) of a --json file")
     parser.add_argument("--plot-dir", default=None, help="write prune-*.png here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
+    if args.from_json:  # tables and plots of an earlier run, nothing retrained
+        rows = json.loads(Path(args.from_json).read_text())
+        print(tables(rows))
+        for path in plots(rows, Path(args.plot_dir)) if args.plot_dir else []:
+            print(f"wrote {path}")
+        return
     rows = []
     for arch in args.archs.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
