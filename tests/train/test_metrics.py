@@ -66,6 +66,12 @@ def test_kendall_tau_nan_for_constant_or_short(p, t):
     assert math.isnan(kendall_tau(torch.tensor(p), torch.tensor(t)))
 
 
+def test_r_squared_nan_for_constant_targets_that_do_not_average_exactly():
+    # the mean of three 0.1s is 0.1 + 1 ulp: the sum of squares is not exactly zero
+    assert math.isnan(r_squared(torch.tensor([0.0, 0.0, 0.0], dtype=torch.float64),
+                                torch.tensor([0.1, 0.1, 0.1], dtype=torch.float64)))
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(floats, floats), min_size=2, max_size=30))
 def test_r_squared_matches_sklearn(pairs):

@@ -31,9 +31,11 @@ def r_squared(predictions: Tensor, targets: Tensor) -> float:
     entries); NaN for constant targets."""
     p = predictions.detach().double().flatten()
     t = targets.detach().double().flatten()
-    total = ((t - t.mean()) ** 2).sum()
-    if len(t) < 2 or float(total) == 0.0:
+    # constant targets: test equality, not the sum of squares, which rounding leaves a
+    # tiny non-zero (mean of [0.1, 0.1, 0.1] is not exactly 0.1) and R² then explodes
+    if len(t) < 2 or bool(t.max() == t.min()):
         return float("nan")
+    total = ((t - t.mean()) ** 2).sum()
     return float(1.0 - ((t - p) ** 2).sum() / total)
 
 
