@@ -16,6 +16,7 @@ from weightspace.align import (
     merge_many,
     sinkhorn_matching,
     soft_permute,
+    weight_matching,
 )
 from weightspace.align.sinkhorn import sinkhorn
 from weightspace.models import MLP, build_model, default_input_shape
@@ -189,6 +190,49 @@ def test_merge_many_of_independent_models_is_deterministic_and_finite(mlp):
     flat = spec.flatten_many(frames)
     plain = spec.flatten_many(states)
     assert (flat - flat.mean(0)).norm() < (plain - plain.mean(0)).norm()
+
+
+def test_pairwise_alignments_through_the_common_frame_are_cycle_consistent(mlp):
+    model, spec, x = mlp
+    states = [_sd(model)] + [_sd(_other_mlp(s)) for s in (21, 22, 23)]
+    result = merge_many(states, spec, seed=1)
+    n = len(states)
+    for i in range(n):
+        assert result.relative(i, i).equal(spec.identity_permutation())
+        for j in range(n):
+            for k in range(n):
+                assert result.relative(j, i).then(result.relative(k, j)).equal(
+                    result.relative(k, i)), (i, j, k)
+    # `then` composes as spec.permute does: permuting twice is permuting once by the composite
+    twice = spec.permute(spec.permute(states[1], result.relative(2, 1)), result.relative(0, 2))
+    once = spec.permute(states[1], result.relative(0, 1))
+    for key in once:
+        assert torch.equal(twice[key], once[key]), key
+    # each relative alignment is a symmetry: the function is unchanged
+    assert rel_err(run(model, once, x), run(model, states[1], x)) < 1e-10
+    # control: separate pairwise weight matchings are not cycle-consistent in general
+    direct = {(t, s_): weight_matching(states[t], states[s_], spec).permutation
+              for t in range(n) for s_ in range(n) if t != s_}
+    triples = [(i, j, k) for i in range(n) for j in range(n) for k in range(n)
+               if len({i, j, k}) == 3]
+    broken = sum(not direct[(j, i)].then(direct[(k, j)]).equal(direct[(k, i)])
+                 for i, j, k in triples)
+    assert broken > 0, "independent random MLPs should break some cycles of pairwise matching"
+    with pytest.raises(IndexError, match="not one of the 4"):
+        result.relative(0, 4)
+
+
+def test_relative_alignment_recovers_known_permutations(mlp):
+    model, spec, _ = mlp
+    sd = _sd(model)
+    g = torch.Generator().manual_seed(5)
+    states = [spec.permute(sd, spec.random_permutation(g)) for _ in range(3)]
+    result = merge_many(states, spec)
+    for t in range(3):
+        for s_ in range(3):
+            aligned = spec.permute(states[s_], result.relative(t, s_))
+            for key in sd:
+                assert torch.equal(aligned[key], states[t][key]), (t, s_, key)
 
 
 def test_merge_many_errors(mlp):

@@ -5,7 +5,8 @@ Starting from identity permutations, repeat: for every model ``i`` (random,
 seeded order) match it by weight matching to the mean of the *other* models
 in their current frames, ``θ' = 1/(N-1) Σ_{j≠i} π_j(θ_j)``, and update
 ``π_i``; stop after a round in which no permutation changed. The result is
-the average ``1/N Σ_j π_j(θ_j)``.
+the average ``1/N Σ_j π_j(θ_j)``. The common frame also gives cycle-consistent
+pairwise alignments of the N models (:meth:`MergeManyResult.relative`).
 
 BatchNorm running statistics are permuted with their channels and averaged
 like everything else; the average of statistics is not the statistics of the
@@ -46,6 +47,25 @@ class MergeManyResult:
     merged: dict[str, Tensor]
     iterations: int
     converged: bool
+
+    def relative(self, target: int, source: int) -> Permutation:
+        """The permutation that brings model ``source`` into model
+        ``target``'s frame through the common frame:
+        ``spec.permute(states[source], result.relative(target, source))``.
+
+        Pairwise alignments made this way are *cycle-consistent* (as in
+        Crisostomi et al., "C2M3: Cycle-Consistent Multi-Model Merging",
+        2024, which also goes through a universe frame):
+        ``relative(i, i)`` is the identity and ``relative(j, i)`` followed by
+        ``relative(k, j)`` is ``relative(k, i)`` for every ``i, j, k`` —
+        unlike ``N(N-1)`` separate weight matchings, whose compositions
+        around a cycle are generally not the identity.
+        """
+        n = len(self.permutations)
+        for label, index in (("target", target), ("source", source)):
+            if not 0 <= index < n:
+                raise IndexError(f"{label} model {index} is not one of the {n} merged models")
+        return self.permutations[source].then(self.permutations[target].inverse())
 
 
 def merge_many(
