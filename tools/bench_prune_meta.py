@@ -122,7 +122,8 @@ def run_seed(args, zoo, group: str, seed: int) -> dict:
         history = meta_train(pruner, networks, spec, model, data, epochs=args.epochs,
                              batch_size=args.batch_size, lr=args.lr,
                              sparsity_weight=args.sparsity_weight,
-                             sparsity_alpha=args.sparsity_alpha, seed=seed,
+                             sparsity_alpha=args.sparsity_alpha,
+                             sparsity_ramp=args.sparsity_ramp, seed=seed,
                              progress=args.progress)
         with torch.no_grad():
             held_lasso = float((group_lasso(spec, pruner(held_out))
@@ -232,6 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sparsity-weight", type=float, default=0.01)
     parser.add_argument("--sparsity-alpha", type=float, default=0.0,
                         help="DepGraph's importance-adaptive weighting of the group lasso")
+    parser.add_argument("--sparsity-ramp", type=float, default=0.0,
+                        help="fraction of meta-training over which λ grows from 0")
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--importance", default="l2")
@@ -267,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     print(f"zoo {args.zoo}, group {group}: per seed {len(runs[0]['train_rows'])} training "
           f"networks and {args.holdout} held-out (test accuracy >= {args.min_accuracy}); "
-          f"meta: {args.epochs} epochs, λ={args.sparsity_weight}, α={args.sparsity_alpha}, "
+          f"meta: {args.epochs} epochs, λ={args.sparsity_weight}, α={args.sparsity_alpha}, ramp {args.sparsity_ramp}, "
           f"lr={args.lr}, GMN {args.hidden}x{args.layers}; fine-tuning "
           f"{args.pre_finetune_epochs} epochs before and {args.finetune_epochs} after pruning "
           f"at lr {args.finetune_lr}; importance {args.importance}, scope {args.scope}")

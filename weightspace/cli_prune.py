@@ -52,6 +52,7 @@ def cmd_train_pruner(args: argparse.Namespace) -> int:
         args.zoo, args.output, group=args.group, mode=args.mode, hidden=args.hidden,
         num_layers=args.layers, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         sparsity_weight=args.sparsity_weight, sparsity_alpha=args.sparsity_alpha,
+        sparsity_ramp=args.sparsity_ramp,
         min_accuracy=args.min_accuracy, data=args.data,
         seed=args.seed, progress=_progress(args))
     if args.json:
@@ -136,6 +137,9 @@ def add_prune_parser(sub: argparse._SubParsersAction, model_arguments) -> None:
     p.add_argument("--sparsity-alpha", type=float, default=0.0,
                    help="DepGraph's adaptive weighting: the least important neurons' norms "
                         "count up to 2**alpha times more (default 0: plain group lasso)")
+    p.add_argument("--sparsity-ramp", type=float, default=0.0,
+                   help="fraction of training over which the group-lasso weight grows from 0 "
+                        "(default 0: constant)")
     p.add_argument("--min-accuracy", type=float, default=None,
                    help="train only on networks with at least this test accuracy")
     p.add_argument("--data", default="digits", help="digits (default) or file.npz: the "

@@ -186,3 +186,17 @@ def test_group_lasso_and_its_adaptive_weighting(zoo):
     params = rows[:1].clone().requires_grad_(True)
     group_lasso(spec, params, alpha=alpha).sum().backward()
     assert params.grad is not None and params.grad.abs().sum() > 0
+
+
+def test_sparsity_ramp_starts_without_the_penalty(zoo, digits):
+    model, spec, rows = zoo
+    # λ ramps from 0 over the whole run: the first epoch's pressure is far below the full λ's,
+    # so the outputs stay less sparse after the same training
+    common = dict(epochs=6, batch_size=5, lr=3e-3, sparsity_weight=0.2, seed=0)
+    ramped, constant = _small_pruner(spec), _small_pruner(spec)
+    meta_train(ramped, rows, spec, model, digits, sparsity_ramp=1.0, **common)
+    meta_train(constant, rows, spec, model, digits, **common)
+    with torch.no_grad():
+        assert group_lasso(spec, ramped(rows)).mean() > group_lasso(spec, constant(rows)).mean()
+    with pytest.raises(PruneError, match="sparsity_ramp"):
+        meta_train(_small_pruner(spec), rows, spec, model, digits, epochs=1, sparsity_ramp=1.5)

@@ -372,6 +372,7 @@ def meta_train(pruner: MetaPruner, networks: Tensor | str | os.PathLike[str],
                spec: WeightSpaceSpec, model: nn.Module, data: Split, *, group: str | None = None,
                epochs: int = 100, batch_size: int = 8, lr: float = 1e-3,
                sparsity_weight: float = 1e-3, sparsity_alpha: float = 0.0,
+               sparsity_ramp: float = 0.0,
                image_batch: int = 128,
                weight_decay: float = 0.0, grad_clip: float = 1.0, seed: int = 0,
                progress: bool = False) -> list[dict[str, float]]:
@@ -400,6 +401,10 @@ def meta_train(pruner: MetaPruner, networks: Tensor | str | os.PathLike[str],
         batch_size: networks per step.
         lr: peak learning rate.
         sparsity_weight: ``λ``, weight of the group-lasso penalty.
+        sparsity_ramp: the fraction of training over which ``λ`` grows
+            linearly from 0 to ``sparsity_weight`` (0: constant), so the
+            pruner first learns to keep the task before it is pushed to
+            sparsify.
         sparsity_alpha: DepGraph's importance-adaptive weighting of the
             penalty (:func:`group_lasso`; 0: plain group lasso).
         image_batch: training images per step (shared by the step's networks).
@@ -426,6 +431,9 @@ def meta_train(pruner: MetaPruner, networks: Tensor | str | os.PathLike[str],
                          f"{list(networks.shape)}")
     if epochs < 0 or batch_size < 1 or image_batch < 1:
         raise PruneError("epochs must be >= 0 and batch_size, image_batch >= 1")
+    if not 0.0 <= sparsity_ramp <= 1.0:
+        raise PruneError(f"sparsity_ramp is a fraction of training in [0, 1], got "
+                         f"{sparsity_ramp}")
     weight = next(pruner.parameters())
     networks = networks.detach().to(device=weight.device, dtype=weight.dtype)
     x_train = data.x_train.to(device=weight.device, dtype=weight.dtype)
@@ -467,7 +475,9 @@ def meta_train(pruner: MetaPruner, networks: Tensor | str | os.PathLike[str],
                 task = nn.functional.cross_entropy(logits.flatten(0, 1),
                                                    y.repeat(len(params)))
                 penalty = group_lasso(spec, out, sparsity_alpha).mean()
-                loss = task + sparsity_weight * penalty
+                step = scheduler.last_epoch  # optimiser steps taken so far
+                ramp = 1.0 if sparsity_ramp == 0 else min(1.0, step / (sparsity_ramp * total))
+                loss = task + sparsity_weight * ramp * penalty
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if grad_clip:
@@ -602,7 +612,8 @@ def train_meta_pruner(zoo: str | os.PathLike[str], output: str | os.PathLike[str
                       group: str | None = None, mode: str = "edit", hidden: int = 32,
                       num_layers: int = 3, epochs: int = 100, batch_size: int = 8,
                       lr: float = 3e-3, sparsity_weight: float = 1e-2,
-                      sparsity_alpha: float = 0.0, min_accuracy: float | None = None, data: str = "digits", seed: int = 0,
+                      sparsity_alpha: float = 0.0, sparsity_ramp: float = 0.0,
+                      min_accuracy: float | None = None, data: str = "digits", seed: int = 0,
                       progress: bool = False) -> dict[str, Any]:
     """Meta-train a :class:`MetaPruner` on the trained networks of a zoo group
     and save it (what ``weightspace train-pruner`` runs).
@@ -618,7 +629,7 @@ def train_meta_pruner(zoo: str | os.PathLike[str], output: str | os.PathLike[str
         output: the pruner (``.safetensors``).
         group: the zoo group (architecture); may be omitted for a one-group zoo.
         mode, hidden, num_layers, seed: :class:`MetaPruner` arguments.
-        epochs, batch_size, lr, sparsity_weight, sparsity_alpha:
+        epochs, batch_size, lr, sparsity_weight, sparsity_alpha, sparsity_ramp:
             :func:`meta_train` arguments.
         min_accuracy: only train on networks at least this accurate.
         data: ``"digits"`` or an ``.npz`` (its training images feed the task
@@ -658,14 +669,15 @@ def train_meta_pruner(zoo: str | os.PathLike[str], output: str | os.PathLike[str
     start = time.perf_counter()
     history = meta_train(pruner, networks, spec, model, split, epochs=epochs,
                          batch_size=batch_size, lr=lr, sparsity_weight=sparsity_weight,
-                         sparsity_alpha=sparsity_alpha, seed=seed, progress=progress)
+                         sparsity_alpha=sparsity_alpha, sparsity_ramp=sparsity_ramp,
+                         seed=seed, progress=progress)
     seconds = time.perf_counter() - start
     with torch.no_grad():
         ratio = float((group_lasso(spec, pruner(networks)) / group_lasso(spec, networks)).mean())
     settings = {"zoo": str(zoo), "group": group, "networks": len(networks),
                 "min_accuracy": min_accuracy, "data": data, "epochs": epochs,
                 "batch_size": batch_size, "lr": lr, "sparsity_weight": sparsity_weight,
-                "sparsity_alpha": sparsity_alpha}
+                "sparsity_alpha": sparsity_alpha, "sparsity_ramp": sparsity_ramp}
     save_meta_pruner(pruner, output, training=settings)
     report = {**settings, "rows": indices.tolist(), "seconds": seconds, "mode": mode,
               "first": history[0] if history else None,
