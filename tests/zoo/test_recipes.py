@@ -263,6 +263,42 @@ def test_inr_shared_init_starts_every_image_of_a_view_from_the_same_weights():
     assert not torch.equal(by_view[0][0].params["net.0.weight"], by_view[1][0].params["net.0.weight"])
 
 
+def _inr_recipe(**training) -> DigitsINR:
+    config = _config("digits-inr")
+    config["training"] = {"steps": 0, "lr": 1e-3, **training}
+    return DigitsINR({**config, "sizes": {"tiny": {"train_images": 3, "test_images": 0, "views": 1,
+                                                   "images_per_job": 3}}})
+
+
+def test_inr_dwsnets_init_zeroes_biases_and_bounds_every_weight_by_its_fan_in():
+    recipe = _inr_recipe(init="dwsnets")
+    rows = recipe.run(recipe.jobs("tiny")[0], recipe.load_data(None))
+    default = _inr_recipe().run(recipe.jobs("tiny")[0], recipe.load_data(None))
+    w0 = recipe.w0
+    for row, other in zip(rows, default, strict=True):
+        assert row.metadata["seed"] == other.metadata["seed"]  # same seed, other scheme
+        for key, value in row.params.items():  # steps=0: the stored weights are the initial ones
+            if key.endswith("bias"):
+                assert torch.count_nonzero(value) == 0, key
+            else:
+                bound = math.sqrt(6.0 / value.shape[1]) / w0
+                assert value.abs().max() <= bound, key
+                assert value.abs().max() > 0.5 * bound, key  # uniform over the range, not tiny
+        # Sitzmann's first layer is U(-1/n_in, 1/n_in) with random biases: a different start
+        assert torch.count_nonzero(other.params["net.0.bias"]) > 0
+
+
+def test_inr_dwsnets_init_still_fits_the_image():
+    recipe = _inr_recipe(init="dwsnets", steps=100)
+    rows = recipe.run(recipe.jobs("tiny")[0], recipe.load_data(None))
+    assert all(row.metadata["psnr"] > 20.0 for row in rows), [r.metadata["psnr"] for r in rows]
+
+
+def test_inr_unknown_init_is_refused_naming_the_option():
+    with pytest.raises(ZooError, match=r"training\.init is 'xavier'.*siren.*dwsnets"):
+        _inr_recipe(init="xavier")
+
+
 def test_a_diverged_run_is_flagged_not_dropped():
     config = copy.deepcopy(_config("digits-mlp"))
     config["sampling"].update(lr=1.0e8, optimizer="sgd", init={"normal": [10.0, 10.0]},

@@ -10,6 +10,14 @@ products; the loss is the *sum* of the INRs' mean squared errors, so each INR
 gets exactly its own gradient, and Adam's state is element-wise, so the INRs
 are independent. Full-batch Adam on all pixels for ``training.steps`` steps.
 
+Initialisation (``training.init``): ``siren`` (default) is Sitzmann et al.'s
+(:class:`~weightspace.models.SIREN`: a wide first layer, random biases);
+``dwsnets`` is the one DWSNets' released INRs were fitted from (their
+``nn/inr.py``): every weight ``U(-sqrt(6 / n_in) / w0, sqrt(6 / n_in) / w0)``,
+every bias zero, so a fitted bias is exactly its displacement from the
+initialisation. ``training.shared_init: true`` starts every INR of a view
+from the same weights.
+
 Images and pixels:
 
 - digits: ``weightspace.data.load_digits_split(seed=0)`` (1,348 train and 449
@@ -122,6 +130,23 @@ def prepare(images: ImageData) -> INRData:
     return INRData(images, targets, pixel_coordinates(h, w))
 
 
+INITS = ("siren", "dwsnets")
+
+
+@torch.no_grad()
+def dwsnets_init_(model: SIREN, w0: float) -> SIREN:
+    """Re-initialise ``model`` in place as DWSNets' INRs were (Navon et al.
+    2023, ``nn/inr.py``): every weight ``U(-sqrt(6 / n_in) / w0, +sqrt(6 /
+    n_in) / w0)``, the first layer included, and every bias zero."""
+    for name, parameter in model.named_parameters():
+        if name.endswith("bias"):
+            parameter.zero_()
+        else:
+            bound = math.sqrt(6.0 / parameter.shape[1]) / w0
+            parameter.uniform_(-bound, bound)
+    return model
+
+
 class DigitsINR(Recipe):
     name = "digits-inr"
     description = "SIREN INRs of digits images, several views (init seeds) per image."
@@ -139,6 +164,10 @@ class DigitsINR(Recipe):
             raise ZooError(f"recipe {self.name!r}: training.steps must be >= 0 and "
                            f"training.lr > 0")
         self.shared_init = bool(training.get("shared_init", False))
+        self.init = str(training.get("init", "siren"))
+        if self.init not in INITS:
+            raise ZooError(f"recipe {self.name!r}: training.init is {self.init!r}; choose one of "
+                           f"{list(INITS)}")
 
     # -------------------------------------------------------------- jobs
     def jobs(self, size: str) -> list[Job]:
@@ -211,7 +240,10 @@ class DigitsINR(Recipe):
         states = []
         for seed in seeds:
             with seeded(seed):
-                states.append(SIREN(**args).state_dict())
+                model = SIREN(**args)
+                if self.init == "dwsnets":
+                    dwsnets_init_(model, self.w0)
+                states.append(model.state_dict())
         keys = list(states[0])  # net.0.weight, net.0.bias, net.2.weight, ...
         params = [torch.stack([s[k] for s in states]).requires_grad_(True) for k in keys]
         targets = torch.stack([data.targets[part][i] for part, i, _ in members])  # [B, P, C]
