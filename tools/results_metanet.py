@@ -46,7 +46,8 @@ MODELS = {
     # name: (registry name, model_args, lr)
     "gmn": ("gmn", {"hidden": 32, "num_layers": 2, "probes": 64}, 3e-3),
     "gmn-noprobe": ("gmn", {"hidden": 48, "num_layers": 3}, 1e-3),
-    "transformer": ("transformer", {"hidden": 32, "num_layers": 2}, 1e-3),
+    "transformer": ("transformer", {"hidden": 32, "num_layers": 2, "probes": 64}, 3e-3),
+    "transformer-noprobe": ("transformer", {"hidden": 32, "num_layers": 2}, 1e-3),
     "deepsets": ("deepsets", {}, 1e-3),
     "nfn-hnp": ("nfn-hnp", {}, 1e-3),
     "nfn-np": ("nfn-np", {}, 1e-3),

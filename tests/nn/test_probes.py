@@ -156,3 +156,73 @@ def test_unsupported_architectures(siren):
         ProbeFeatures(GraphTemplate.for_spec(spec), K, network=MLP(2, (4,), 1))
     with pytest.raises(ValueError, match="init="):
         ProbeFeatures(GraphTemplate.for_spec(spec), K, network=models[0], init="sobol")
+
+
+GRAPH_MODELS = {"gmn": ("weightspace.nn.gmn", "GMN"), "transformer": ("weightspace.nn.transformer", "GraphTransformer"),
+                "deepsets": ("weightspace.nn.deepsets", "EdgeDeepSets")}
+
+
+def _graph_model(name, spec, head="invariant", **kwargs):
+    import importlib
+
+    module, cls = GRAPH_MODELS[name]
+    torch.manual_seed(0)
+    args = dict(hidden=16, num_layers=2, head=head, **kwargs)
+    if name != "deepsets":
+        args["fourier"] = 4
+    return getattr(importlib.import_module(module), cls)(GraphTemplate.for_spec(spec), 3, **args).double()
+
+
+@pytest.mark.parametrize("name", sorted(GRAPH_MODELS))
+def test_graph_models_with_probes_stay_invariant_and_use_them(name, siren):
+    models, spec, params = siren
+    model = _graph_model(name, spec, probes=K, network=models[0])
+    assert model.probe_features.num_probes == K
+    assert model.fit_normalisation(params) is model
+    model.eval()
+    with torch.no_grad():
+        out = model(params)
+        for seed in range(2):
+            perm = spec.random_permutation(torch.Generator().manual_seed(10 + seed))
+            torch.testing.assert_close(model(spec.permute_flat(params, perm)), out, rtol=0, atol=1e-10)
+        # control: the probes reach the output (moving them changes it)
+        model.probe_features.probes.add_(0.5)
+        assert (model(params) - out).abs().max() > 1e-6
+    # the probes are trained with the model
+    model.probe_features.probes.grad = None
+    model(params).sum().backward()
+    assert model.probe_features.probes.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"probes=\.\.\.\) needs network="):
+        _graph_model(name, spec, probes=K)
+
+
+@pytest.mark.parametrize("name", ["gmn", "transformer"])
+def test_equivariant_heads_with_probes_are_equivariant(name, siren):
+    models, spec, params = siren
+    template = GraphTemplate.for_spec(spec)
+    model = _graph_model(name, spec, head="equivariant", probes=K, network=models[0])
+    model.fit_normalisation(params).eval()
+    with torch.no_grad():
+        for p in model.decoder.parameters():  # the untrained head is the identity; randomise it
+            p.normal_(0.0, 0.3)
+        out = template.from_batch(model(template.to_batch(params)))
+        assert (out - params).abs().max() > 1e-2
+        perm = spec.random_permutation(torch.Generator().manual_seed(4))
+        out_of_permuted = template.from_batch(model(template.to_batch(spec.permute_flat(params, perm))))
+        torch.testing.assert_close(out_of_permuted, spec.permute_flat(out, perm), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["transformer", "deepsets"])
+def test_fit_normalisation_standardises_each_depth(name, siren):
+    models, spec, params = siren
+    model = _graph_model(name, spec)
+    template = GraphTemplate.for_spec(spec)
+    batch = template.to_batch(params)
+    depth = batch.node_depth[batch.edge_index[1]]
+    before = model.edge_encoder.standardise(batch.edge_attr, depth)
+    model.fit_normalisation(params)
+    after = model.edge_encoder.standardise(batch.edge_attr, depth)
+    for d in depth.unique():
+        assert abs(float(after[depth == d].std()) - 1) < 0.05, int(d)
+    # a SIREN's first layer (w0 = 30) is on another scale than its second: unfitted, it stays so
+    assert float(before[depth == depth.min()].std()) > 2 * float(before[depth == depth.max()].std())

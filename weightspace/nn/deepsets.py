@@ -23,8 +23,15 @@ from torch_geometric.utils import scatter
 
 from weightspace.graph import GraphTemplate
 from weightspace.nn.base import check_head
-from weightspace.nn.encoders import EdgeEncoder, NodeEncoder, graph_index_of_edges, num_graphs
+from weightspace.nn.encoders import (
+    EdgeEncoder,
+    NodeEncoder,
+    fit_graph_standardisers,
+    graph_index_of_edges,
+    num_graphs,
+)
 from weightspace.nn.flat_mlp import make_mlp
+from weightspace.nn.probes import add_probe_features, optional_probe_features
 
 AGGREGATIONS = ("mean", "sum")
 
@@ -62,6 +69,15 @@ class EdgeDeepSets(nn.Module):
         extra_node_dim: width of extra per-node features appended to ``x``
             (e.g. probe features from :func:`weightspace.nn.probes.with_probe_features`).
         head: must be ``"invariant"``.
+        probes: number of learned probe inputs the model computes itself
+            (:class:`~weightspace.nn.probes.ProbeFeatures`, as in
+            :class:`~weightspace.nn.gmn.GMN`); INRs / MLPs of one
+            architecture only; needs ``network``.
+        network: an instance of the input networks' architecture (for
+            ``probes``).
+
+    Call :meth:`fit_normalisation` on training graphs before training (the
+    trainer does): it sets the encoders' per-depth standardisation.
 
     Example::
 
@@ -79,7 +95,7 @@ class EdgeDeepSets(nn.Module):
 
     def __init__(self, template: GraphTemplate, out_dim: int, *, hidden: int = 128, num_layers: int = 2,
                  aggregation: str = "mean", fourier: int = 16, extra_node_dim: int = 0,
-                 head: str = "invariant") -> None:
+                 head: str = "invariant", probes: int = 0, network: nn.Module | None = None) -> None:
         super().__init__()
         if not isinstance(template, GraphTemplate):
             raise TypeError(f"expected a GraphTemplate, got {type(template).__name__}; "
@@ -90,13 +106,22 @@ class EdgeDeepSets(nn.Module):
         self.head = check_head(head, ("invariant",), model="EdgeDeepSets")
         self.template = template
         self.aggregation = aggregation
-        self.node_encoder = NodeEncoder(template, hidden, fourier=fourier, extra_dim=extra_node_dim)
+        self.probe_features = optional_probe_features(template, probes, network, model="EdgeDeepSets")
+        self.node_encoder = NodeEncoder(template, hidden, fourier=fourier, extra_dim=extra_node_dim + probes)
         self.edge_encoder = EdgeEncoder(template, hidden, fourier=fourier)
         # SiLU, not ReLU: a ReLU φ is affine on most edges at initialisation,
         # and the sum of an affine φ cannot tell which weight is attached to
         # which end node (swapping two input neurons' weights cancels exactly)
         self.phi = make_mlp(3 * hidden, hidden, hidden, num_layers, activation=nn.SiLU)
         self.rho = make_mlp(hidden, hidden, out_dim, num_layers, activation=nn.SiLU)
+
+    @torch.no_grad()
+    def fit_normalisation(self, inputs: Tensor | Data) -> EdgeDeepSets:
+        """Fit the encoders' per-depth standardisation on a sample of
+        training graphs (:class:`~weightspace.nn.encoders.DepthStandardiser`)."""
+        data = add_probe_features(self._graphs(inputs), self.probe_features)
+        fit_graph_standardisers(self.node_encoder, self.edge_encoder, data)
+        return self
 
     def _graphs(self, inputs: Tensor | Data) -> Data:
         """The input as graphs whose float attributes have this module's dtype."""
@@ -110,7 +135,7 @@ class EdgeDeepSets(nn.Module):
 
     def edge_features(self, data: Data) -> Tensor:
         """φ of every edge, before pooling: ``[E, hidden]``."""
-        nodes = self.node_encoder(data)
+        nodes = self.node_encoder(add_probe_features(data, self.probe_features))
         edges = self.edge_encoder(data)
         src, dst = data.edge_index
         return self.phi(torch.cat([edges, nodes[src], nodes[dst]], dim=-1))

@@ -28,7 +28,7 @@ from weightspace.nn.encoders import (
     NodeEncoder,
     fit_graph_standardisers,
 )
-from weightspace.nn.probes import ProbeFeatures, with_probe_features
+from weightspace.nn.probes import add_probe_features, optional_probe_features
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
@@ -146,13 +146,8 @@ class GMN(nn.Module):
         super().__init__()
         self.template = template
         self.head = check_head(head, model="GMN")
-        self.probe_features: ProbeFeatures | None = None
-        if probes:
-            if network is None:
-                raise ValueError("GMN(probes=...) needs network=, an instance of the input networks' "
-                                 "architecture to run the probes through")
-            self.probe_features = ProbeFeatures(template, probes, network=network)
-            extra_node_dim += probes
+        self.probe_features = optional_probe_features(template, probes, network, model="GMN")
+        extra_node_dim += probes
         self.node_encoder = NodeEncoder(template, hidden, fourier, fourier_scale, extra_node_dim)
         self.edge_encoder = EdgeEncoder(template, hidden, fourier, fourier_scale)
         self.layers = nn.ModuleList(GMNConv(hidden, aggr, dropout) for _ in range(num_layers))
@@ -166,14 +161,9 @@ class GMN(nn.Module):
     def fit_normalisation(self, inputs: Tensor | Data) -> GMN:
         """Fit the encoders' per-depth standardisation on a sample of
         training graphs (:class:`~weightspace.nn.encoders.DepthStandardiser`)."""
-        data = self._with_probes(graph_batch(inputs, self.template))
+        data = add_probe_features(graph_batch(inputs, self.template), self.probe_features)
         fit_graph_standardisers(self.node_encoder, self.edge_encoder, data)
         return self
-
-    def _with_probes(self, data: Data) -> Data:
-        if self.probe_features is None:
-            return data
-        return with_probe_features(data, self.probe_features(data))
 
     def encode(self, data: Data) -> tuple[Tensor, Tensor]:
         """Node and edge features after the message-passing layers."""
@@ -185,7 +175,7 @@ class GMN(nn.Module):
 
     def forward(self, inputs: Tensor | Data) -> Tensor | Data:
         data = graph_batch(inputs, self.template)
-        h, e = self.encode(self._with_probes(data))
+        h, e = self.encode(add_probe_features(data, self.probe_features))
         if self.head == "equivariant":
             return self.decoder(data, h, e, data.edge_index, self.node_encoder, self.edge_encoder)
         return self.readout(data, h, e)

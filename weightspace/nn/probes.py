@@ -259,4 +259,27 @@ def with_probe_features(batch: Data, probes: Tensor | ProbeFeatures) -> Data:
     return out
 
 
-__all__ = ["PROBE_INITS", "ProbeFeatures", "check_linear_chain", "with_probe_features"]
+def optional_probe_features(template: GraphTemplate, probes: int, network: nn.Module | None,
+                            model: str) -> ProbeFeatures | None:
+    """The :class:`ProbeFeatures` a graph metanetwork built with
+    ``probes=K, network=...`` owns, or ``None`` for ``probes=0``.
+
+    Raises:
+        ValueError: ``probes`` without ``network`` (named after ``model``).
+    """
+    if not probes:
+        return None
+    if network is None:
+        raise ValueError(f"{model}(probes=...) needs network=, an instance of the input networks' "
+                         "architecture to run the probes through (e.g. zoo.group(name).model_def.build())")
+    return ProbeFeatures(template, probes, network=network)
+
+
+def add_probe_features(batch: Data, probes: ProbeFeatures | None) -> Data:
+    """``with_probe_features(batch, probes)``, or ``batch`` itself when the
+    model has no probes."""
+    return batch if probes is None else with_probe_features(batch, probes)
+
+
+__all__ = ["PROBE_INITS", "ProbeFeatures", "add_probe_features", "check_linear_chain", "optional_probe_features",
+           "with_probe_features"]

@@ -32,18 +32,18 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 from torch_geometric.nn import MessagePassing
-from torch_geometric.utils import scatter, softmax
+from torch_geometric.utils import softmax
 
 from weightspace.graph import GraphTemplate
 from weightspace.nn.base import check_head, graph_batch
 from weightspace.nn.encoders import (
     EdgeEncoder,
     GraphDecoder,
+    InvariantReadout,
     NodeEncoder,
-    graph_index_of_edges,
-    graph_index_of_nodes,
-    num_graphs,
+    fit_graph_standardisers,
 )
+from weightspace.nn.probes import add_probe_features, optional_probe_features
 
 DIRECTIONS = ("forward", "backward")
 
@@ -209,8 +209,10 @@ class GraphTransformer(nn.Module):
     :class:`~weightspace.nn.encoders.EdgeEncoder`), runs ``num_layers``
     :class:`RelationalTransformerLayer` blocks and reads out:
 
-    * ``head="invariant"``: per graph, the mean of the node features and the
-      mean of the edge features, concatenated, through an MLP: ``[B, out_dim]``.
+    * ``head="invariant"``: per graph, the means of the input, hidden and
+      output neurons' features and of the edge features, concatenated,
+      through an MLP (:class:`~weightspace.nn.encoders.InvariantReadout`):
+      ``[B, out_dim]``.
     * ``head="equivariant"``: :class:`~weightspace.nn.encoders.GraphDecoder`,
       a new value for every parameter slot (starting at the identity map):
       the input batch with new ``x`` / ``edge_attr``;
@@ -232,6 +234,17 @@ class GraphTransformer(nn.Module):
         fourier: Fourier frequencies per scalar in the encoders.
         dropout: dropout on attention weights and residual branches.
         head: ``"invariant"`` or ``"equivariant"``.
+        extra_node_dim: width of extra node features the caller appends to
+            ``x`` itself.
+        probes: number of learned probe inputs (Neural Graphs' probe
+            features, :class:`~weightspace.nn.probes.ProbeFeatures`), as in
+            :class:`~weightspace.nn.gmn.GMN`; INRs / MLPs of one architecture
+            only; needs ``network``.
+        network: an instance of the input networks' architecture (for
+            ``probes``).
+
+    Call :meth:`fit_normalisation` on training graphs before training (the
+    trainer does): it sets the encoders' per-depth standardisation.
 
     Shapes:
         - input: a :class:`~torch_geometric.data.Batch` (or single
@@ -243,7 +256,8 @@ class GraphTransformer(nn.Module):
     """
 
     def __init__(self, template: GraphTemplate, out_dim: int, *, hidden: int = 64, num_layers: int = 4,
-                 heads: int = 4, fourier: int = 16, dropout: float = 0.0, head: str = "invariant") -> None:
+                 heads: int = 4, fourier: int = 16, dropout: float = 0.0, head: str = "invariant",
+                 extra_node_dim: int = 0, probes: int = 0, network: nn.Module | None = None) -> None:
         super().__init__()
         if not isinstance(template, GraphTemplate):
             raise TypeError(f"expected a GraphTemplate, got {type(template).__name__}; "
@@ -253,16 +267,25 @@ class GraphTransformer(nn.Module):
         self.template = template
         self.head = check_head(head, model="GraphTransformer")
         self.out_dim = out_dim
-        self.node_encoder = NodeEncoder(template, hidden, fourier)
+        self.probe_features = optional_probe_features(template, probes, network, model="GraphTransformer")
+        self.node_encoder = NodeEncoder(template, hidden, fourier, extra_dim=extra_node_dim + probes)
         self.edge_encoder = EdgeEncoder(template, hidden, fourier)
         self.layers = nn.ModuleList(RelationalTransformerLayer(hidden, heads, dropout)
                                     for _ in range(num_layers))
         self.final_node_norm = nn.LayerNorm(hidden)
         self.final_edge_norm = nn.LayerNorm(hidden)
         if head == "invariant":
-            self.readout = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, out_dim))
+            self.readout = InvariantReadout(hidden, out_dim, dropout)
         else:
             self.decoder = GraphDecoder(template, hidden)
+
+    @torch.no_grad()
+    def fit_normalisation(self, inputs: Tensor | Data) -> GraphTransformer:
+        """Fit the encoders' per-depth standardisation on a sample of
+        training graphs (:class:`~weightspace.nn.encoders.DepthStandardiser`)."""
+        data = add_probe_features(self._as_graphs(inputs), self.probe_features)
+        fit_graph_standardisers(self.node_encoder, self.edge_encoder, data)
+        return self
 
     def _as_graphs(self, inputs: Tensor | Data) -> Data:
         data = graph_batch(inputs, self.template)
@@ -277,7 +300,7 @@ class GraphTransformer(nn.Module):
         """The graphs and their final node ``[N, hidden]`` and edge
         ``[E, hidden]`` features (before any head)."""
         data = self._as_graphs(inputs)
-        x, edge_attr = self.node_encoder(data), self.edge_encoder(data)
+        x, edge_attr = self.node_encoder(add_probe_features(data, self.probe_features)), self.edge_encoder(data)
         for layer in self.layers:
             x, edge_attr = layer(x, data.edge_index, edge_attr)
         return data, self.final_node_norm(x), self.final_edge_norm(edge_attr)
@@ -285,11 +308,8 @@ class GraphTransformer(nn.Module):
     def forward(self, inputs: Tensor | Data) -> Tensor | Data:
         data, x, edge_attr = self.embed(inputs)
         if self.head == "equivariant":
-            return self.decoder(data, x, edge_attr, data.edge_index)
-        b = num_graphs(data)
-        pooled = torch.cat([scatter(x, graph_index_of_nodes(data), 0, b, reduce="mean"),
-                            scatter(edge_attr, graph_index_of_edges(data), 0, b, reduce="mean")], dim=-1)
-        return self.readout(pooled)
+            return self.decoder(data, x, edge_attr, data.edge_index, self.node_encoder, self.edge_encoder)
+        return self.readout(data, x, edge_attr)
 
 
 __all__ = ["EdgeUpdate", "GraphTransformer", "RelationalAttention", "RelationalTransformerLayer"]

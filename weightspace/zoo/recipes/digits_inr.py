@@ -10,12 +10,14 @@ products; the loss is the *sum* of the INRs' mean squared errors, so each INR
 gets exactly its own gradient, and Adam's state is element-wise, so the INRs
 are independent. Full-batch Adam on all pixels for ``training.steps`` steps.
 
-Initialisation (``training.init``): ``siren`` (default) is Sitzmann et al.'s
-(:class:`~weightspace.models.SIREN`: a wide first layer, random biases);
-``dwsnets`` is the one DWSNets' released INRs were fitted from (their
+Initialisation (``training.init``): ``dwsnets`` (what the recipe's YAML
+sets) is the one DWSNets' released INRs were fitted from (their
 ``nn/inr.py``): every weight ``U(-sqrt(6 / n_in) / w0, sqrt(6 / n_in) / w0)``,
 every bias zero, so a fitted bias is exactly its displacement from the
-initialisation. ``training.shared_init: true`` starts every INR of a view
+initialisation; weight-space metanetworks learn far more from these INRs.
+``siren`` is Sitzmann et al.'s (:class:`~weightspace.models.SIREN`: a wide
+first layer, random biases), and what a config without the key gets, as
+zoos built before the option were. ``training.shared_init: true`` starts every INR of a view
 from the same weights.
 
 Images and pixels:
