@@ -49,6 +49,7 @@ MODELS = {
     "gmn-92k": ("gmn", {"hidden": 40, "num_layers": 3}),
     "gmn-probes": ("gmn", {"hidden": 32, "num_layers": 2, "probes": 64}),
     "transformer": ("transformer", {"hidden": 32, "num_layers": 2}),
+    "transformer-probes": ("transformer", {"hidden": 32, "num_layers": 2, "probes": 64}),
     "deepsets": ("deepsets", {}),
     "nfn-hnp": ("nfn-hnp", {}),
     "nfn-np": ("nfn-np", {}),

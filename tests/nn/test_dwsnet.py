@@ -38,7 +38,14 @@ ARCHS = list(SPECS)
 def _model(spec: WeightSpaceSpec, head: str, seed: int = 0, **kwargs) -> DWSNet:
     torch.manual_seed(seed)
     kwargs = {"hidden_channels": 6, "num_layers": 3, **kwargs}
-    return DWSNet(GraphTemplate.for_spec(spec), 4, head=head, **kwargs).double().eval()
+    model = DWSNet(GraphTemplate.for_spec(spec), 4, head=head, **kwargs).double().eval()
+    if model.residual:
+        # the residual head starts at zero (the identity map), which is
+        # trivially equivariant; randomise it so the tests see the whole network
+        with torch.no_grad():
+            for p in model.layers[-1].parameters():
+                p.normal_(0.0, 0.3)
+    return model
 
 
 def _params(spec: WeightSpaceSpec, batch: int = 3, seed: int = 1) -> Tensor:
@@ -234,7 +241,7 @@ def test_equivariant_head_learns_an_equivariant_map():
 @pytest.mark.parametrize("arch", ["siren", "mlp3"])
 def test_gradients_reach_every_parameter(arch, head):
     spec = SPECS[arch]
-    model = DWSNet(GraphTemplate.for_spec(spec), 3, hidden_channels=4, num_layers=3, head=head)
+    model = _model(spec, head, hidden_channels=4, num_layers=3).float()
     torch.manual_seed(0)
     model(torch.randn(4, spec.num_parameters)).square().sum().backward()
     for name, p in model.named_parameters():
@@ -302,3 +309,28 @@ def test_bad_arguments_are_rejected():
         DWSNet(template, 2, num_layers=0)
     with pytest.raises(TypeError, match="GraphTemplate"):
         DWSNet(SPECS["mlp1"], 2)
+
+
+@pytest.mark.parametrize("arch", ["siren", "mlp3"])
+def test_untrained_residual_head_is_the_identity_and_learns_changes(arch):
+    spec = SPECS[arch]
+    params = _params(spec)
+    torch.manual_seed(0)
+    model = DWSNet(GraphTemplate.for_spec(spec), 1, hidden_channels=6, num_layers=2,
+                   head="equivariant").double().fit_normalisation(params)
+    assert torch.equal(model(params), params)
+    # a change in units of each tensor's spread reaches the output once trained
+    target = params * 1.5
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(30):
+        loss = torch.nn.functional.mse_loss(model(params), target)
+        first = first if first is not None else loss.item()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert loss.item() < 0.5 * first
+    # residual=False: the head's output is the new parameters themselves
+    plain = DWSNet(GraphTemplate.for_spec(spec), 1, hidden_channels=6, num_layers=2, head="equivariant",
+                   residual=False).double()
+    assert not plain.residual and (plain(params) - params).abs().max() > 1e-2

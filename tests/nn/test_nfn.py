@@ -59,7 +59,14 @@ def _model(spec, seed: int = 0, **kwargs) -> NFN:
     torch.manual_seed(seed)
     kwargs.setdefault("hidden_channels", 4)
     kwargs.setdefault("num_layers", 2)
-    return NFN(GraphTemplate.for_spec(spec), 3, **kwargs).double()
+    model = NFN(GraphTemplate.for_spec(spec), 3, **kwargs).double()
+    if model.head == "equivariant" and model.residual:
+        # the residual head starts at zero (the identity map), which is
+        # trivially equivariant; randomise it so the tests see the whole network
+        with torch.no_grad():
+            for p in model.readout.parameters():
+                p.normal_(0.0, 0.3)
+    return model
 
 
 def _permute_features(chain: LayerChain, features: WeightSpaceFeatures, perm) -> WeightSpaceFeatures:
@@ -309,3 +316,15 @@ def test_bad_arguments(specs):
         NFN(template, 3, num_layers=0)
     with pytest.raises(ValueError, match="agg="):
         NFN(template, 3, pool="median")
+
+
+def test_untrained_residual_head_is_the_identity(specs):
+    spec = next(iter(specs.values()))
+    params = torch.randn(3, spec.num_parameters, dtype=torch.float64)
+    torch.manual_seed(0)
+    model = NFN(GraphTemplate.for_spec(spec), 1, head="equivariant", hidden_channels=4,
+                num_layers=2).double().fit_normalisation(params)
+    assert torch.equal(model(params), params)
+    plain = NFN(GraphTemplate.for_spec(spec), 1, head="equivariant", hidden_channels=4, num_layers=2,
+                residual=False).double()
+    assert (plain(params) - params).abs().max() > 1e-2

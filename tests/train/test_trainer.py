@@ -21,6 +21,7 @@ from weightspace.train import (
     edit_targets,
     load_config,
     make_augmentation,
+    refit_mse_floor,
     render,
     split_rows,
     train_metanetwork,
@@ -381,6 +382,27 @@ def test_edit_task_untrained_model_is_the_identity(edit_zoo, make_config):
         assert not torch.allclose(original, edited)
     finally:
         zoo.close()
+
+
+def test_refit_floor_is_the_recipes_own_fit_error_and_far_below_the_edit():
+    """With the identity edit, refitting is fitting: the floor is the mean MSE
+    of the recipe's own INRs of those images (same seeds, same steps). A
+    dilated image is refitted about as closely, while it is far from the
+    original image."""
+    from weightspace.zoo.recipes.base import Job, load_recipe
+
+    recipe = load_recipe("digits-inr")
+    job = Job(recipe.name, 0, "check", {"images": [["test", i] for i in range(3)], "views": [0],
+                                        "steps": recipe.steps, "lr": recipe.lr, "seed": recipe.seed})
+    rows = recipe.run(job, recipe.load_data(None))
+    own = float(np.mean([r.metadata["mse"] for r in rows]))
+    assert refit_mse_floor("identity", test_images=3) == pytest.approx(own, rel=1e-6)
+    floor = refit_mse_floor("dilate", 3, test_images=3)
+    targets = edit_targets(op="dilate", size=3)
+    edit_distance = float(((targets.edited["test"][:3] - targets.original["test"][:3]) ** 2).mean())
+    assert 0 < floor < 0.05 < 0.5 < edit_distance
+    with pytest.raises(ValueError, match="INR recipe.*'digits-cnn'"):
+        refit_mse_floor(recipe="digits-cnn")
 
 
 def test_edit_targets_match_digits():

@@ -377,9 +377,12 @@ class DWSNet(FlatMetanetwork):
     * ``head="invariant"``: every tensor is averaged over its hidden axes (its
       fixed input/output axes stay, folded into the features), the results
       are concatenated and a 2-layer MLP gives ``[B, out_dim]``;
-    * ``head="equivariant"``: the last DWS layer has 1 channel; its output is
-      returned as flat parameters ``[B, P]`` of a network of the same
-      architecture (``out_dim`` is unused).
+    * ``head="equivariant"``: the last DWS layer has 1 channel; its output,
+      in units of each tensor's fitted standard deviation, is added to the
+      input parameters (``residual=True``, default; that layer starts at
+      zero, so an untrained head is the identity map) or is the new
+      parameters (``residual=False``): flat parameters ``[B, P]`` of a
+      network of the same architecture (``out_dim`` is unused).
 
     The inputs are standardised per tensor by the buffers ``entry_mean`` /
     ``entry_std`` (one scalar per tensor, so the symmetry is kept); they are
@@ -394,6 +397,8 @@ class DWSNet(FlatMetanetwork):
         num_layers: number of DWS layers (at least 1).
         head: ``"invariant"`` or ``"equivariant"``.
         dropout: dropout after every hidden ReLU (and in the invariant MLP).
+        residual: the equivariant head outputs the input plus a change
+            (starting at zero), not new parameters.
 
     Example::
 
@@ -408,7 +413,8 @@ class DWSNet(FlatMetanetwork):
     """
 
     def __init__(self, template: GraphTemplate, out_dim: int, *, hidden_channels: int = 16,
-                 num_layers: int = 4, head: str = "invariant", dropout: float = 0.0) -> None:
+                 num_layers: int = 4, head: str = "invariant", dropout: float = 0.0,
+                 residual: bool = True) -> None:
         super().__init__(template)
         self.head = check_head(head, model="DWSNet")
         if num_layers < 1:
@@ -423,6 +429,10 @@ class DWSNet(FlatMetanetwork):
             widths[-1] = 1
         self.layers = nn.ModuleList(DWSLayer(self.weight_space, a, b)
                                     for a, b in itertools.pairwise(widths))
+        self.residual = residual and head == "equivariant"
+        if self.residual:
+            for parameter in self.layers[-1].parameters():
+                nn.init.zeros_(parameter)
         self.dropout = nn.Dropout(dropout)
         num_tensors = len(self.weight_space.tensors)
         self.register_buffer("entry_mean", torch.zeros(num_tensors))
@@ -460,7 +470,11 @@ class DWSNet(FlatMetanetwork):
             if i < len(self.layers) - 1:
                 x = [self.dropout(torch.relu(t)) for t in x]
         if self.head == "equivariant":
-            return self.weight_space.to_parameters(x)
+            if not self.residual:
+                return self.weight_space.to_parameters(x)
+            std = self.entry_std.to(x[0].dtype)
+            change = self.weight_space.to_parameters([t * std[i] for i, t in enumerate(x)])
+            return self.parameters_of(inputs).to(change.dtype) + change
         x = [torch.relu(t) for t in x]
         pooled = [t.mean(dim=tuple(range(1, t.dim() - 1))) if t.dim() > 2 else t for t in x]
         return self.readout(torch.cat(pooled, dim=-1))

@@ -579,8 +579,11 @@ class NFN(FlatMetanetwork):
     sets them to the mean and standard deviation of each entry over a batch of
     networks, which balances layers of very different scales (SIREN's first
     layer against its others) and helps training. The equivariant head maps its
-    output back, ``out * input_scale + input_shift``, so it lives in the units
-    of the input parameters.
+    output back to the units of the input parameters: with ``residual=True``
+    (default) it returns ``params + out * input_scale``, a change added to the
+    input network, and its last layer starts at zero, so an untrained head is
+    the identity map (as NFN's INR-editing and GMN's decoder); with
+    ``residual=False``, ``out * input_scale + input_shift``.
 
     Args:
         template: the architecture's template (:meth:`GraphTemplate.for_spec`).
@@ -592,6 +595,8 @@ class NFN(FlatMetanetwork):
         dropout: dropout after each equivariant layer and in the head MLP.
         head_hidden: width of the invariant head's hidden layer.
         pool: aggregation of :class:`NFNPool`: ``"mean"``, ``"sum"`` or ``"max"``.
+        residual: the equivariant head outputs the input plus a change
+            (starting at zero), not new parameters.
 
     Raises:
         ValueError: the architecture is not a plain chain of linear/conv
@@ -612,7 +617,8 @@ class NFN(FlatMetanetwork):
 
     def __init__(self, template: GraphTemplate, out_dim: int, *, mode: str = "hnp",
                  hidden_channels: int = 16, num_layers: int = 3, head: str = "invariant",
-                 dropout: float = 0.0, head_hidden: int = 128, pool: str = "mean") -> None:
+                 dropout: float = 0.0, head_hidden: int = 128, pool: str = "mean",
+                 residual: bool = True) -> None:
         super().__init__(template)
         self.head = check_head(head, model="NFN")
         if mode not in MODES:
@@ -633,6 +639,10 @@ class NFN(FlatMetanetwork):
                                          nn.Dropout(dropout), nn.Linear(head_hidden, out_dim))
         else:
             self.readout = linear(self.chain, hidden_channels, 1)
+            if residual:
+                for parameter in self.readout.parameters():
+                    nn.init.zeros_(parameter)
+        self.residual = residual
         num_parameters = self.spec.num_parameters
         self.register_buffer("input_shift", torch.zeros(num_parameters))
         self.register_buffer("input_scale", torch.ones(num_parameters))
@@ -670,8 +680,10 @@ class NFN(FlatMetanetwork):
         features = self.encode(inputs)
         if self.head == "invariant":
             return self.readout(self.pool(features))
-        out = self.chain.flat_parameters(self.readout(features))
-        return out * self.input_scale + self.input_shift
+        out = self.chain.flat_parameters(self.readout(features)) * self.input_scale
+        if self.residual:
+            return self.parameters_of(inputs).to(out.dtype) + out
+        return out + self.input_shift
 
 
 __all__ = ["ChainLayer", "Elementwise", "HNPLinear", "LayerChain", "NFN", "NFNPool", "NPLinear",

@@ -60,6 +60,7 @@ from weightspace.data import Split
 from weightspace.graph.template import GraphTemplate
 from weightspace.nn.base import as_parameters, graph_batch, join_parameters, split_parameters
 from weightspace.nn.gmn import GMN
+from weightspace.nn.probes import add_probe_features
 from weightspace.prune.cost import count_macs
 from weightspace.prune.structured import (
     PruneError,
@@ -234,7 +235,7 @@ class MetaPruner(nn.Module):
             raise PruneError("neuron_gates needs a meta-pruner of mode 'gate'")
         params = self._as_gmn_input(params)
         data = graph_batch(params, self.template)
-        h, _ = self.gmn.encode(self.gmn._with_probes(data))
+        h, _ = self.gmn.encode(add_probe_features(data, self.gmn.probe_features))
         g = self.gate(h).reshape(params.shape[0], self.template.num_nodes)
         # softplus shifted so that g = 0 (the zero-initialised MLP) gives 1; smooth, so a
         # gate near zero can still come back

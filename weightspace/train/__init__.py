@@ -3,7 +3,7 @@
 
 from weightspace.train.config import TASKS, TrainConfig, apply_overrides, load_config, save_config
 from weightspace.train.distributed import resolve_device, setup_distributed, teardown_distributed
-from weightspace.train.inr import EDIT_OPS, edit_images, edit_targets, render
+from weightspace.train.inr import EDIT_OPS, edit_images, edit_targets, refit_mse_floor, render
 from weightspace.train.metrics import accuracy, kendall_tau, mean_squared_error, r_squared
 from weightspace.train.trainer import (
     AUGMENTATIONS,
@@ -25,6 +25,7 @@ __all__ = [
     "apply_overrides",
     "edit_images",
     "edit_targets",
+    "refit_mse_floor",
     "kendall_tau",
     "load_config",
     "make_augmentation",
