@@ -8,7 +8,10 @@ Tasks (zoo built with ``weightspace zoo build RECIPE -o FILE --size full``):
 * ``generalisation``: digits-cnn, regress ``test_accuracy`` (Kendall τ, R²;
   split by training run);
 * ``inr-edit``: digits-inr, output the INR of the dilated image (MSE of its
-  image against the dilated image, on the [-1, 1] pixel scale).
+  image against the dilated image, on the [-1, 1] pixel scale). Printed
+  with three references on the same test rows: the input INR unchanged, the
+  mean edited training image for every input, and an INR refitted on the
+  edited image by the zoo's recipe (the floor).
 
 Usage::
 
@@ -31,8 +34,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from weightspace.train import load_config, train_metanetwork
+from weightspace.train import (
+    edit_targets,
+    load_config,
+    refit_mse_floor,
+    render,
+    split_rows,
+    train_metanetwork,
+)
+from weightspace.zoo import Zoo
 
 TASKS = {
     "inr-classify": {"task": "classify", "target": "label", "split": "split", "score": "accuracy",
@@ -69,6 +81,36 @@ def augmentations(model: str, task: str) -> dict:
     else:
         out["scaling"] = {}
     return out
+
+
+def edit_references(zoo_path: str, seeds: list[int], overrides: list[str]) -> list[dict]:
+    """MSE of the editing task's reference outputs, per seed's test rows."""
+    zoo = Zoo(zoo_path)
+    try:
+        (group,) = zoo.groups.values()
+        config = load_config(overrides=overrides, zoo=zoo_path, task="edit", split="split")
+        edit = dict(config.edit or {})
+        op, size = edit.get("op", "dilate"), int(edit.get("size", 3))
+        targets = edit_targets(edit.get("data"), op, size)
+        rows = np.arange(len(zoo))
+        with torch.no_grad():
+            images = render(group.model_def.build().double(), group.spec, zoo.params(rows).double(),
+                            targets.coords.double())
+        edited = targets.lookup(zoo.column("split", rows), zoo.column("image_index", rows)).double()
+        identity, constant = [], []
+        for seed in seeds:
+            parts = split_rows(zoo, load_config(overrides=overrides, zoo=zoo_path, task="edit", split="split",
+                                                seed=seed))
+            test = parts["test"]
+            identity.append(float(((images[test] - edited[test]) ** 2).mean()))
+            mean_image = edited[parts["train"]].mean(0)
+            constant.append(float(((mean_image - edited[test]) ** 2).mean()))
+    finally:
+        zoo.close()
+    floor = refit_mse_floor(op, size, data=edit.get("data"))
+    return [{"model": "input INR unchanged", "mse": (float(np.mean(identity)), float(np.std(identity)))},
+            {"model": "mean edited training image", "mse": (float(np.mean(constant)), float(np.std(constant)))},
+            {"model": "INR refitted on the edited image, 200 test images", "mse": (floor, 0.0)}]
 
 
 def main() -> int:
@@ -120,17 +162,22 @@ def main() -> int:
             row[metric] = (float(np.mean(values_)), float(np.std(values_)))
         rows.append(row)
     metrics = spec["metrics"]
+    references = edit_references(args.zoo, [int(x) for x in args.seeds.split(",")], args.overrides) \
+        if args.task == "inr-edit" else []
     print()
     print("| model | " + " | ".join(metrics) + " | parameters | train graphs/s | wall s / run |")
     print("|---|" + "---|" * (len(metrics) + 3))
     for row in rows:
-        cells = [f"{row[m][0]:.3f} ± {row[m][1]:.3f}" if not math.isnan(row[m][0]) else "n/a"
+        digits = 4 if "mse" in metrics else 3
+        cells = [f"{row[m][0]:.{digits}f} ± {row[m][1]:.{digits}f}" if not math.isnan(row[m][0]) else "n/a"
                  for m in metrics]
         label = row["model"] + (" + aug" if row["augment"] else "")
         print(f"| {label} | " + " | ".join(cells)
               + f" | {row['parameters']:,} | {row['graphs_per_second']:.0f} | {row['wall_seconds']:.0f} |")
+    for row in references:
+        print(f"| {row['model']} (reference) | {row['mse'][0]:.4f} ± {row['mse'][1]:.4f} | - | - | - |")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        Path(args.json).write_text(json.dumps(rows + references, indent=2))
     return 0
 
 
