@@ -218,12 +218,15 @@ def test_rebuilt_siren_has_the_recorded_psnr(trained):
         target = data.targets[md["split"]][md["image_index"]]
         mse = inr_mse(model, row.params, data.coords, target)
         assert psnr(mse) == pytest.approx(md["psnr"], abs=1e-4)
-        assert md["psnr"] >= 30.0  # a faithful fit
+        # a faithful fit: it explains most of the image's variance (DWSNets'
+        # initialisation fits 8x8 digits to ~33 dB in 100 steps, Sitzmann's to ~61)
+        assert mse < 0.1 * float(target.var(correction=0)), (md["psnr"], float(target.var()))
         # which image it is: the split's image, the sklearn index, the label
         image = getattr(data.images.split, f"x_{md['split']}")[md["image_index"]]
         assert np.array_equal(digits[md["dataset_index"]] / 16.0, image[0].double().numpy())
         assert torch.allclose(target[:, 0], image[0].reshape(-1) * 2 - 1)
         assert md["label"] == int(getattr(data.images.split, f"y_{md['split']}")[md["image_index"]])
+    assert np.mean([r.metadata["psnr"] for r in rows]) > 25.0
     # views of one image differ in their init seed, hence in their weights
     by_image = {}
     for row in rows:
@@ -273,7 +276,7 @@ def _inr_recipe(**training) -> DigitsINR:
 def test_inr_dwsnets_init_zeroes_biases_and_bounds_every_weight_by_its_fan_in():
     recipe = _inr_recipe(init="dwsnets")
     rows = recipe.run(recipe.jobs("tiny")[0], recipe.load_data(None))
-    default = _inr_recipe().run(recipe.jobs("tiny")[0], recipe.load_data(None))
+    default = _inr_recipe(init="siren").run(recipe.jobs("tiny")[0], recipe.load_data(None))
     w0 = recipe.w0
     for row, other in zip(rows, default, strict=True):
         assert row.metadata["seed"] == other.metadata["seed"]  # same seed, other scheme
@@ -286,6 +289,11 @@ def test_inr_dwsnets_init_zeroes_biases_and_bounds_every_weight_by_its_fan_in():
                 assert value.abs().max() > 0.5 * bound, key  # uniform over the range, not tiny
         # Sitzmann's first layer is U(-1/n_in, 1/n_in) with random biases: a different start
         assert torch.count_nonzero(other.params["net.0.bias"]) > 0
+
+
+def test_inr_recipe_defaults_to_dwsnets_init_and_a_config_without_the_key_to_siren():
+    assert load_recipe("digits-inr").init == "dwsnets"
+    assert _inr_recipe().init == "siren"  # as zoos built before the option were
 
 
 def test_inr_dwsnets_init_still_fits_the_image():
