@@ -41,7 +41,11 @@ def test_align_subprocess_keeps_the_function(checkpoints, tmp_path):
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["distance_after"] < report["distance_before"]
-    assert report["scores"]["b"] == report["scores"]["b_aligned"]
+    # the same function; the loss's summation order may differ (threads)
+    b, b_aligned = report["scores"]["b"], report["scores"]["b_aligned"]
+    assert b.keys() == b_aligned.keys()
+    for key in b:
+        assert b_aligned[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9)
     data = load_split("digits", (1, 64))
     model = build_model("mlp", hidden=[32, 32]).eval()
     x = data.x_test
