@@ -50,7 +50,13 @@ a scratch buffer) only when a permutation of one of its other axes changed;
 blocks without permutable other axes are filled once per call. No fully
 permuted copy of B is built. A space is not re-solved when no permutation its
 cost depends on changed since its last solve (the assignment would return its
-current permutation). The owner columns are multiplied separately (one extra
+current permutation). A space whose products are large is not recomputed
+at all after its first solve when few rows moved: its cost is updated from
+the previous solve by ``ΔC = A_rows @ (B_new − B_old)_rows`` over only the B
+rows that a changed permutation moved, which also never repeats the
+products of parameters whose other axes are fixed (an MLP's first layer).
+The permutations found are the same as with recomputed products (tested);
+the cost entries differ only by float rounding. The owner columns are multiplied separately (one extra
 GEMM call, same flops): the objective is the sum over spaces of
 ``Σ_i C_own[i, perm[i]]`` — after the last sweep it is read from the owner
 products of each space's last solve instead of a pass over the weights. The
@@ -79,6 +85,11 @@ from weightspace.spec.containers import WeightSpaceSpec
 from weightspace.spec.symmetry import Permutation, check_permutation
 
 logger = logging.getLogger(__name__)
+
+# torch's own ``index_select``: torch_geometric replaces ``torch.index_select``
+# with a Python wrapper (for its HashTensor) that costs several microseconds
+# per call, and the descent makes dozens of these calls per sweep.
+_index_select = getattr(torch._C._VariableFunctions, "index_select", torch.index_select)
 
 __all__ = ["WeightMatchingResult", "align", "weight_matching"]
 
@@ -396,6 +407,14 @@ def _build_plan(spec: WeightSpaceSpec, include_buffers: bool) -> _Plan:
 
 _PLAN_CACHE: dict[tuple[int, bool], tuple[weakref.ref, _Plan]] = {}
 
+#: A solve updates its cost from the previous one (instead of recomputing
+#: the products) when the rows to update are at most this fraction of the
+#: cost's columns ...
+_INCREMENTAL_MAX_ROWS = 0.6
+#: ... and the space's products are at least this many multiply-adds
+#: (below it the extra gathers cost more than the products saved).
+_INCREMENTAL_MIN_MACS = 1 << 22
+
 
 def _plan(spec: WeightSpaceSpec, include_buffers: bool) -> _Plan:
     """The cached plan of ``spec``. Keyed by the spec object (held weakly):
@@ -554,6 +573,11 @@ class _Matcher:
         start = {name: 0 if identity[name] else -1 for name in perms}
         self.block_state = [[tuple(start[q] for q in d.deps) for d in sp.dynamic]
                             for sp in plan.spaces]
+        # whether ``ws.cost[i]`` (and ``ws.cown[i]``) hold the products of the
+        # B blocks as they are now: then a later solve may update them
+        self.cost_ready = [False] * n_spaces
+        self.incremental = 0
+        self._changed_cache: dict[tuple[str, int, int, int], Tensor] = {}
         self._fill(ws.key[1], device)
 
     def _fill(self, dtype: torch.dtype, device: torch.device) -> None:
@@ -599,6 +623,78 @@ class _Matcher:
             idx = self._relative_cache[key] = expand_index(rel, block)
         return idx
 
+    def _changed(self, space: str, old: int, new: int, block: int) -> tuple[Tensor, Tensor]:
+        """``(changed, source)``: the axis positions whose entries a block
+        holding version ``old`` must replace to hold version ``new``, and the
+        positions they are taken from (``_relative`` at ``changed``)."""
+        key = (space, old, new, block)
+        hit = self._changed_cache.get(key)
+        if hit is None:
+            rel = self._relative(space, old, new, block)
+            changed = (rel != torch.arange(len(rel), device=rel.device)).nonzero().view(-1)
+            hit = self._changed_cache[key] = (changed, rel[changed])
+        return hit
+
+    def _update(self, i: int, key: tuple[int, ...]) -> bool:
+        """Bring space ``i``'s cost up to date from its last solve by the
+        change of its stale B blocks alone (``ΔC = A_rows @ ΔB_rows`` over
+        the rows a permutation moved); ``False`` (nothing touched) when
+        recomputing the products is cheaper or the layout does not allow it.
+
+        Why: late in the descent a permutation moves few neurons, and the
+        columns of parameters with no other permutable axis (an MLP's first
+        layer) never change; recomputing every product repeats that work.
+        """
+        sp = self.spaces[i]
+        if (not self.cost_ready[i] or sp.self_coupled
+                or sp.n * sp.n * sp.width < _INCREMENTAL_MIN_MACS):
+            return False
+        states = self.block_state[i]
+        stale, rows = [], 0
+        for j, d in enumerate(sp.dynamic):
+            held = tuple(self.version[q] for q in d.deps)
+            if held == states[j]:
+                continue
+            if len(d.selects) != 1 or d.selects[0].before != 1:
+                return False
+            sel = d.selects[0]
+            changed, source = self._changed(sel.space, states[j][0], held[0], sel.block)
+            group = sel.after // sp.n        # rows of the block per axis entry
+            rows += len(changed) * group
+            stale.append((j, d, sel, held, changed, source, group))
+        if rows > _INCREMENTAL_MAX_ROWS * sp.width:
+            return False
+        ws, n = self.ws, sp.n
+        split = ws.cown[i] is not ws.cost[i]
+        for j, d, sel, held, changed, source, group in stale:
+            block, scratch = ws.dynamic[i][j][0]
+            flat = block.view(-1, n)
+            if len(changed) == sel.size:     # every row moves: whole-block views
+                _index_select(block, 1, self._relative(sel.space, states[j][0], held[0],
+                                                            sel.block), out=scratch)
+                fresh = scratch.view(-1, n)
+                delta = fresh - flat
+                flat.copy_(fresh)
+                lo = d.offset
+                a_side = (ws.a_own[i][lo:lo + d.width].T if d.offset < sp.own else
+                          ws.a_rest[i][:, lo - sp.own:lo - sp.own + d.width])
+            else:
+                dst, src = expand_index(changed, group), expand_index(source, group)
+                fresh = flat.index_select(0, src)
+                delta = fresh - flat.index_select(0, dst)
+                flat.index_copy_(0, dst, fresh)
+                a_side = (ws.a_own[i].index_select(0, dst + d.offset).T if d.offset < sp.own
+                          else ws.a_rest[i].index_select(1, dst + (d.offset - sp.own)))
+            if d.offset < sp.own and split:
+                change = torch.mm(a_side, delta)
+                ws.cown[i].add_(change)
+                ws.cost[i].add_(change)
+            else:
+                ws.cost[i].addmm_(a_side, delta)
+            states[j] = held
+        self.incremental += 1
+        return True
+
     def _refresh(self, i: int) -> None:
         """Bring the dynamic B blocks of space ``i`` up to date."""
         sp = self.spaces[i]
@@ -612,11 +708,12 @@ class _Matcher:
             held = states[j]
             if key == held:
                 continue
+            self.cost_ready[i] = False
             for sel, (block, scratch), old, new in zip(d.selects, views[j], held, key,
                                                        strict=True):
                 if old == new:
                     continue
-                torch.index_select(block, 1, self._relative(sel.space, old, new, sel.block),
+                _index_select(block, 1, self._relative(sel.space, old, new, sel.block),
                                    out=scratch)
                 block.copy_(scratch)
             states[j] = key
@@ -678,8 +775,12 @@ class _Matcher:
             self.skipped += 1
             return 0.0
         self.solved[i] = key
-        self._refresh(i)
-        c = self._cost(i)
+        if self._update(i, key):
+            c = self.ws.cost[i]
+        else:
+            self._refresh(i)
+            c = self._cost(i)
+            self.cost_ready[i] = True
         if self.record is not None:
             self.record.append((sp.name, self.ws.acat(i), self.ws.bcat[i].T.clone()))
         cost = c.numpy() if self.cpu else c.cpu().numpy()
