@@ -526,10 +526,11 @@ def clear_cache() -> None:
 class _Matcher:
     """Permutation coordinate descent on a filled workspace.
 
-    ``record``: when a list, every solve appends ``(space, Acat, Bcat)``
-    (clones; ``Bcat`` as the transposed view of the buffer, so that
-    ``Acat @ Bcat.T`` is the product the engine computes) so that a benchmark
-    can time the bare products and assignments.
+    ``record``: when a list, every solve appends ``(space, Acat, Bcat,
+    updated)`` (clones; ``Bcat`` as the transposed view of the buffer, so that
+    ``Acat @ Bcat.T`` is the cost the engine solves; ``updated``: the cost was
+    updated from the previous solve rather than recomputed) so that a
+    benchmark can time the bare products and assignments.
     """
 
     def __init__(
@@ -775,14 +776,15 @@ class _Matcher:
             self.skipped += 1
             return 0.0
         self.solved[i] = key
-        if self._update(i, key):
+        updated = self._update(i, key)
+        if updated:
             c = self.ws.cost[i]
         else:
             self._refresh(i)
             c = self._cost(i)
             self.cost_ready[i] = True
         if self.record is not None:
-            self.record.append((sp.name, self.ws.acat(i), self.ws.bcat[i].T.clone()))
+            self.record.append((sp.name, self.ws.acat(i), self.ws.bcat[i].T.clone(), updated))
         cost = c.numpy() if self.cpu else c.cpu().numpy()
         if cost.dtype != np.float64:
             cost = cost.astype(np.float64)
