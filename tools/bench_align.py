@@ -22,13 +22,16 @@ pairs) it reports:
 Usage::
 
     python tools/bench_align.py [--models mlp,resnet20_w1,resnet20_w4]
-                                [--seeds 0,1] [--repeats 7] [--json out.json]
+                                [--seeds 0,1] [--repeats 7] [--recompute]
+                                [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import math
 import platform
 import time
 
@@ -37,6 +40,9 @@ import torch
 import weightspace
 from weightspace.align.weight_matching import solve_assignment, weight_matching
 from weightspace.models import MLP, resnet20
+
+# the module (``weightspace.align.weight_matching`` is also the function's name)
+weight_matching_engine = importlib.import_module("weightspace.align.weight_matching")
 
 MODELS = {
     "mlp": (lambda: MLP(in_features=784, hidden=(512, 512, 512)), (1, 784),
@@ -161,6 +167,9 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--max-sweeps", type=int, default=100)
     parser.add_argument("--no-rebasin", action="store_true", help="skip the rebasin package")
+    parser.add_argument("--recompute", action="store_true",
+                        help="recompute every cost product instead of updating large spaces' "
+                             "costs from their last solve (for comparison)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
@@ -168,6 +177,8 @@ def main(argv=None) -> None:
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
     seeds = [int(s) for s in args.seeds.split(",") if s]
+    if args.recompute:
+        weight_matching_engine._INCREMENTAL_MIN_MACS = math.inf
 
     try:
         import rebasin  # noqa: F401
