@@ -577,7 +577,6 @@ class _Matcher:
         # whether ``ws.cost[i]`` (and ``ws.cown[i]``) hold the products of the
         # B blocks as they are now: then a later solve may update them
         self.cost_ready = [False] * n_spaces
-        self.incremental = 0
         self._changed_cache: dict[tuple[str, int, int, int], Tensor] = {}
         self._fill(ws.key[1], device)
 
@@ -672,7 +671,7 @@ class _Matcher:
             flat = block.view(-1, n)
             if len(changed) == sel.size:     # every row moves: whole-block views
                 _index_select(block, 1, self._relative(sel.space, states[j][0], held[0],
-                                                            sel.block), out=scratch)
+                                                       sel.block), out=scratch)
                 fresh = scratch.view(-1, n)
                 delta = fresh - flat
                 flat.copy_(fresh)
@@ -693,7 +692,6 @@ class _Matcher:
             else:
                 ws.cost[i].addmm_(a_side, delta)
             states[j] = held
-        self.incremental += 1
         return True
 
     def _refresh(self, i: int) -> None:
