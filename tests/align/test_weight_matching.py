@@ -238,8 +238,8 @@ def _count_incremental_updates(monkeypatch):
     outcomes: list[bool] = []
     update = engine._Matcher._update
 
-    def counted(self, i, key):
-        done = update(self, i, key)
+    def counted(self, i):
+        done = update(self, i)
         outcomes.append(done)
         return done
 

@@ -56,8 +56,8 @@ the previous solve by ``ΔC = A_rows @ (B_new − B_old)_rows`` over only the B
 rows that a changed permutation moved, which also never repeats the
 products of parameters whose other axes are fixed (an MLP's first layer).
 The permutations found are the same as with recomputed products (tested);
-the cost entries differ only by float rounding. The owner columns are multiplied separately (one extra
-GEMM call, same flops): the objective is the sum over spaces of
+the cost entries differ only by float rounding. The owner columns are
+multiplied separately (one extra GEMM call, same flops): the objective is the sum over spaces of
 ``Σ_i C_own[i, perm[i]]`` — after the last sweep it is read from the owner
 products of each space's last solve instead of a pass over the weights. The
 objective before the first sweep (and for a space whose owner product is
@@ -577,7 +577,7 @@ class _Matcher:
         # whether ``ws.cost[i]`` (and ``ws.cown[i]``) hold the products of the
         # B blocks as they are now: then a later solve may update them
         self.cost_ready = [False] * n_spaces
-        self._changed_cache: dict[tuple[str, int, int, int], Tensor] = {}
+        self._changed_cache: dict[tuple[str, int, int, int], tuple[Tensor, Tensor]] = {}
         self._fill(ws.key[1], device)
 
     def _fill(self, dtype: torch.dtype, device: torch.device) -> None:
@@ -635,7 +635,7 @@ class _Matcher:
             hit = self._changed_cache[key] = (changed, rel[changed])
         return hit
 
-    def _update(self, i: int, key: tuple[int, ...]) -> bool:
+    def _update(self, i: int) -> bool:
         """Bring space ``i``'s cost up to date from its last solve by the
         change of its stale B blocks alone (``ΔC = A_rows @ ΔB_rows`` over
         the rows a permutation moved); ``False`` (nothing touched) when
@@ -669,23 +669,24 @@ class _Matcher:
         for j, d, sel, held, changed, source, group in stale:
             block, scratch = ws.dynamic[i][j][0]
             flat = block.view(-1, n)
+            owner = d.offset < sp.own
             if len(changed) == sel.size:     # every row moves: whole-block views
                 _index_select(block, 1, self._relative(sel.space, states[j][0], held[0],
                                                        sel.block), out=scratch)
                 fresh = scratch.view(-1, n)
                 delta = fresh - flat
                 flat.copy_(fresh)
-                lo = d.offset
-                a_side = (ws.a_own[i][lo:lo + d.width].T if d.offset < sp.own else
-                          ws.a_rest[i][:, lo - sp.own:lo - sp.own + d.width])
+                lo = d.offset if owner else d.offset - sp.own
+                a_side = (ws.a_own[i][lo:lo + d.width].T if owner else
+                          ws.a_rest[i][:, lo:lo + d.width])
             else:
                 dst, src = expand_index(changed, group), expand_index(source, group)
                 fresh = flat.index_select(0, src)
                 delta = fresh - flat.index_select(0, dst)
                 flat.index_copy_(0, dst, fresh)
-                a_side = (ws.a_own[i].index_select(0, dst + d.offset).T if d.offset < sp.own
+                a_side = (ws.a_own[i].index_select(0, dst + d.offset).T if owner
                           else ws.a_rest[i].index_select(1, dst + (d.offset - sp.own)))
-            if d.offset < sp.own and split:
+            if owner and split:
                 change = torch.mm(a_side, delta)
                 ws.cown[i].add_(change)
                 ws.cost[i].add_(change)
@@ -713,7 +714,7 @@ class _Matcher:
                 if old == new:
                     continue
                 _index_select(block, 1, self._relative(sel.space, old, new, sel.block),
-                                   out=scratch)
+                              out=scratch)
                 block.copy_(scratch)
             states[j] = key
 
@@ -774,7 +775,7 @@ class _Matcher:
             self.skipped += 1
             return 0.0
         self.solved[i] = key
-        updated = self._update(i, key)
+        updated = self._update(i)
         if updated:
             c = self.ws.cost[i]
         else:
