@@ -36,6 +36,8 @@ import safetensors
 import safetensors.torch
 import torch
 
+from weightspace.errors import WeightspaceError
+
 logger = logging.getLogger(__name__)
 
 SUPPORTED_SUFFIXES: tuple[str, ...] = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
@@ -63,7 +65,7 @@ _FIX_HINT = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(WeightspaceError):
     """A checkpoint file cannot be read or written safely.
 
     The message starts with the file path and says what would fix it.

@@ -44,6 +44,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from weightspace.errors import WeightspaceError
 from weightspace.merge.methods import MERGE_METHODS, merge
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ _MODEL_PARAMETERS = {
 }
 
 
-class MergeConfigError(ValueError):
+class MergeConfigError(WeightspaceError):
     """An invalid merge config; the message starts with the file and names the field."""
 
 

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from weightspace.errors import WeightspaceError
 from weightspace.prune.cost import count_macs
 from weightspace.spec import WeightSpaceSpec
 from weightspace.spec.symmetry import select_neurons
@@ -55,7 +56,7 @@ GROUP_ROLES = ("weight", "depthwise_weight", "bias", "norm_weight", "norm_bias")
 PRUNED_SIZES_METADATA = "weightspace.pruned_sizes"
 
 
-class PruneError(ValueError):
+class PruneError(WeightspaceError):
     """A pruning request that cannot be carried out; the message says why."""
 
 

@@ -6,8 +6,10 @@ and what would fix it, because these errors reach users of the CLI verbatim.
 
 from __future__ import annotations
 
+from weightspace.errors import WeightspaceError
 
-class SpecError(ValueError):
+
+class SpecError(WeightspaceError):
     """Base class of every spec-related error."""
 
 

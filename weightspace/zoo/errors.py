@@ -3,6 +3,8 @@ file, group, row or column it is about in the message."""
 
 from __future__ import annotations
 
+from weightspace.errors import WeightspaceError
 
-class ZooError(ValueError):
+
+class ZooError(WeightspaceError):
     """A zoo file, row, column or import source is wrong; the message names it."""
