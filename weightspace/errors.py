@@ -25,7 +25,19 @@ from __future__ import annotations
 
 
 class WeightspaceError(ValueError):
-    """Bad input to weightspace; the message says what is wrong and how to fix it."""
+    """Bad input to weightspace; the message says what is wrong and how to fix it.
+
+    Args:
+        message: the one-line explanation, naming what is wrong.
+        parameter: the name of the library argument at fault (``"data"``,
+            ``"method"`` …), when there is one. Library messages speak of
+            arguments, never of command-line flags; the CLI maps
+            ``parameter`` to its own flag in one table.
+    """
+
+    def __init__(self, message: str = "", *, parameter: str | None = None) -> None:
+        super().__init__(message)
+        self.parameter = parameter
 
 
 __all__ = ["WeightspaceError"]

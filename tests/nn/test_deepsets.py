@@ -9,7 +9,6 @@ from torch_geometric.data import Batch, Data
 from tests.nn.conftest import random_zoo
 from weightspace import GraphTemplate
 from weightspace.models.siren import SIREN
-from weightspace.nn.base import split_parameters
 from weightspace.nn.deepsets import EdgeDeepSets
 
 
@@ -44,7 +43,7 @@ def _move_fixed_neurons(spec, params):
         for axis in (1, 0):  # input neurons first, then output neurons
             space = spec.space(p.axes[axis].space)
             if not space.permutable and space.size > 1:
-                w = split_parameters(spec, out)[p.name]
+                w = spec.split_parameters(out)[p.name]
                 w.copy_(w.roll(1, dims=axis + 1))
                 return out
     raise AssertionError("no weight with several fixed neurons")

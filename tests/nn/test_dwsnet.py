@@ -12,7 +12,6 @@ from weightspace import GraphTemplate, WeightSpaceSpec
 from weightspace.models.cnn import SmallCNN
 from weightspace.models.mlp import MLP
 from weightspace.models.siren import SIREN
-from weightspace.nn.base import join_parameters, split_parameters
 from weightspace.nn.dwsnet import DWSLayer, DWSNet, MLPWeightSpace
 from weightspace.spec.symmetry import Permutation, permutation_index
 
@@ -62,12 +61,12 @@ def _permute_fixed_space(spec: WeightSpaceSpec, params: Tensor, role: str) -> Te
     not a symmetry of the MLP, so DWSNet need not respect it."""
     space = next(s for s in spec.spaces if s.role == role)
     shift = torch.roll(torch.arange(space.size), 1)
-    entries = split_parameters(spec, params)
+    entries = spec.split_parameters(params)
     for p in spec.parameters:
         for axis, a in enumerate(p.axes):
             if a is not None and a.space == space.name:
                 entries[p.name] = entries[p.name].index_select(axis + 1, shift)
-    return join_parameters(spec, entries)
+    return spec.join_parameters(entries)
 
 
 # ------------------------------------------------------------------ symmetry

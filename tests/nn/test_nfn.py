@@ -12,7 +12,6 @@ from weightspace import GraphTemplate
 from weightspace.models.cnn import SmallCNN
 from weightspace.models.mlp import MLP
 from weightspace.models.siren import SIREN
-from weightspace.nn.base import join_parameters, split_parameters
 from weightspace.nn.nfn import (
     NFN,
     HNPLinear,
@@ -163,7 +162,7 @@ def _permute_io(spec, params: torch.Tensor, where: str) -> torch.Tensor:
     """Permute the input neurons (columns of the first weight) or the output
     neurons (rows of the last weight and bias): NOT a symmetry of the network."""
     chain = LayerChain.from_spec(spec)
-    tensors = split_parameters(spec, params)
+    tensors = spec.split_parameters(params)
     layer = chain.layers[0] if where == "input" else chain.layers[-1]
     n = layer.n_in if where == "input" else layer.n_out
     perm = torch.roll(torch.arange(n), 1)
@@ -173,7 +172,7 @@ def _permute_io(spec, params: torch.Tensor, where: str) -> torch.Tensor:
     else:
         tensors[layer.weight] = w[:, perm]
         tensors[layer.bias] = tensors[layer.bias][:, perm]
-    return join_parameters(spec, tensors)
+    return spec.join_parameters(tensors)
 
 
 @pytest.mark.parametrize("where", ["input", "output"])

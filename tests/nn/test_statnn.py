@@ -7,7 +7,6 @@ import torch
 
 from tests.nn.conftest import random_zoo
 from weightspace import GraphTemplate
-from weightspace.nn.base import split_parameters
 from weightspace.nn.statnn import (
     STATISTICS,
     StatNN,
@@ -34,7 +33,7 @@ def test_feature_order_and_names(siren):
     assert names[:7] == [f"net.0.weight.{s}" for s in STATISTICS]
     assert names[7] == "net.0.bias.mean"
     # entry i, statistic j is feature 7 i + j, computed like torch's own reductions
-    w = split_parameters(spec, params)["net.2.weight"].flatten(1)
+    w = spec.split_parameters(params)["net.2.weight"].flatten(1)
     i = [p.name for p in statistic_entries(spec)].index("net.2.weight")
     block = stats[:, 7 * i: 7 * i + 7]
     q = torch.quantile(w, torch.tensor([0, 0.25, 0.5, 0.75, 1], dtype=w.dtype), dim=1).T

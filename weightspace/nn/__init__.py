@@ -16,8 +16,6 @@ from weightspace.nn.base import (
     as_parameters,
     flat_parameters,
     graph_batch,
-    join_parameters,
-    split_parameters,
 )
 from weightspace.nn.deepsets import EdgeDeepSets
 from weightspace.nn.dwsnet import DWSLayer, DWSNet
@@ -64,9 +62,7 @@ __all__ = [
     "flat_parameters",
     "graph_batch",
     "is_graph_model",
-    "join_parameters",
     "layer_statistics",
     "metanetwork_class",
-    "split_parameters",
     "with_probe_features",
 ]

@@ -23,9 +23,6 @@ Heads:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
@@ -53,25 +50,6 @@ def flat_parameters(inputs: Tensor | Data, template: GraphTemplate) -> Tensor:
                 f"this metanetwork's architecture, got {list(inputs.shape)}")
         return params
     return template.from_batch(inputs)
-
-
-def split_parameters(spec: WeightSpaceSpec, params: Tensor) -> dict[str, Tensor]:
-    """State-dict views ``{name: [B, *shape]}`` of flat ``[B, P]`` parameters,
-    differentiable and in ``params``' dtype (unlike :meth:`spec.unflatten`,
-    which casts to each entry's own dtype)."""
-    b = params.shape[0]
-    offsets = spec.offsets
-    return {p.name: params[:, offsets[p.name][0]:offsets[p.name][1]].reshape(b, *p.shape)
-            for p in spec.parameters}
-
-
-def join_parameters(spec: WeightSpaceSpec, tensors: Mapping[str, Tensor]) -> Tensor:
-    """Inverse of :func:`split_parameters`: ``[B, P]``."""
-    missing = [p.name for p in spec.parameters if p.name not in tensors]
-    if missing:
-        raise StateDictMismatchError(f"missing parameter {missing[0]!r} (and {len(missing) - 1} more)")
-    b = next(iter(tensors.values())).shape[0]
-    return torch.cat([tensors[p.name].reshape(b, -1) for p in spec.parameters], dim=1)
 
 
 def graph_batch(inputs: Tensor | Data, template: GraphTemplate) -> Data:
@@ -113,5 +91,4 @@ class FlatMetanetwork(nn.Module):
         return params
 
 
-__all__ = ["HEADS", "FlatMetanetwork", "as_parameters", "check_head", "flat_parameters", "graph_batch",
-           "join_parameters", "split_parameters"]
+__all__ = ["HEADS", "FlatMetanetwork", "as_parameters", "check_head", "flat_parameters", "graph_batch"]

@@ -87,8 +87,6 @@ from weightspace.nn.base import (
     FlatMetanetwork,
     check_head,
     flat_parameters,
-    join_parameters,
-    split_parameters,
 )
 from weightspace.nn.flat_mlp import make_mlp
 from weightspace.spec import WeightSpaceSpec
@@ -202,7 +200,7 @@ class MLPWeightSpace:
             params: ``[B, P]``
             output: one ``[B, *hidden sizes, fixed_size]`` per tensor
         """
-        entries = split_parameters(self.spec, params)
+        entries = self.spec.split_parameters(params)
         b = params.shape[0]
         full = {t.name: entries[t.parameter].unsqueeze(-1) if t.parameter is not None
                 else params.new_zeros(b, *t.shape, 1) for t in self.tensors}
@@ -233,7 +231,7 @@ class MLPWeightSpace:
     def to_parameters(self, features: Sequence[Tensor]) -> Tensor:
         """One-channel features to flat ``[B, P]`` parameters (missing biases dropped)."""
         entries = self.from_features(features)
-        return join_parameters(self.spec, {t.parameter: entries[t.name].squeeze(-1)
+        return self.spec.join_parameters({t.parameter: entries[t.name].squeeze(-1)
                                            for t in self.tensors if t.parameter is not None})
 
 

@@ -74,8 +74,6 @@ from weightspace.nn.base import (
     FlatMetanetwork,
     check_head,
     flat_parameters,
-    join_parameters,
-    split_parameters,
 )
 from weightspace.spec import WeightSpaceSpec
 
@@ -218,7 +216,7 @@ class LayerChain:
     def features(self, params: Tensor) -> WeightSpaceFeatures:
         """One-channel features of flat parameters ``[B, P]`` (a missing
         bias is a zero feature)."""
-        tensors = split_parameters(self.spec, params)
+        tensors = self.spec.split_parameters(params)
         b = params.shape[0]
         weights, biases = [], []
         for layer in self.layers:
@@ -239,7 +237,7 @@ class LayerChain:
             tensors[layer.weight] = w.reshape(w.shape[0], *self.spec.parameter(layer.weight).shape)
             if layer.bias is not None:
                 tensors[layer.bias] = b[:, 0]
-        return join_parameters(self.spec, tensors)
+        return self.spec.join_parameters(tensors)
 
 
 class WeightSpaceFeatures(NamedTuple):

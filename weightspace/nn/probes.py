@@ -26,7 +26,7 @@ from torch.func import functional_call, vmap
 from torch_geometric.data import Data
 
 from weightspace.graph import GraphTemplate
-from weightspace.nn.base import flat_parameters, split_parameters
+from weightspace.nn.base import flat_parameters
 from weightspace.spec import WeightSpaceSpec
 
 PROBE_INITS = ("uniform", "grid")
@@ -218,7 +218,7 @@ class ProbeFeatures(nn.Module):
         probes = self.probes
         params = flat_parameters(inputs, self.template).to(probes.dtype)
         b = params.shape[0]
-        state = split_parameters(self.spec, params)
+        state = self.spec.split_parameters(params)
 
         def one(state_one: dict[str, Tensor], probes_: Tensor) -> tuple[Tensor, ...]:
             hidden, out = self._run(state_one, probes_)

@@ -16,7 +16,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from weightspace.graph import GraphTemplate
-from weightspace.nn.base import FlatMetanetwork, check_head, flat_parameters, split_parameters
+from weightspace.nn.base import FlatMetanetwork, check_head, flat_parameters
 from weightspace.nn.flat_mlp import make_mlp
 from weightspace.spec import ParameterSpec, WeightSpaceSpec
 
@@ -81,7 +81,7 @@ def layer_statistics(spec: WeightSpaceSpec, params: Tensor) -> Tensor:
     """
     if params.dim() == 1:
         params = params.unsqueeze(0)
-    entries = split_parameters(spec, params)
+    entries = spec.split_parameters(params)
     features = []
     for p in statistic_entries(spec):
         values = entries[p.name].flatten(1)

@@ -58,7 +58,7 @@ from tqdm.auto import tqdm
 from weightspace.classify import evaluate, train_classifier
 from weightspace.data import Split
 from weightspace.graph.template import GraphTemplate
-from weightspace.nn.base import as_parameters, graph_batch, join_parameters, split_parameters
+from weightspace.nn.base import as_parameters, graph_batch
 from weightspace.nn.gmn import GMN
 from weightspace.nn.probes import add_probe_features
 from weightspace.prune.cost import count_macs
@@ -243,7 +243,7 @@ class MetaPruner(nn.Module):
                 for space, nodes in self._gate_nodes.items()}
 
     def _apply_gates(self, params: Tensor, gates: Mapping[str, Tensor]) -> Tensor:
-        state = split_parameters(self.spec, params)
+        state = self.spec.split_parameters(params)
         for p in self.spec.parameters:
             if p.role not in _GATED_ROLES:
                 continue
@@ -260,7 +260,7 @@ class MetaPruner(nn.Module):
                 shape[axis + 1] = factor.shape[1]
                 value = value * factor.reshape(shape)
             state[p.name] = value
-        return join_parameters(self.spec, state)
+        return self.spec.join_parameters(state)
 
 
 # ------------------------------------------------------------------ the zoo
@@ -323,7 +323,7 @@ def output_logits(model: nn.Module, spec: WeightSpaceSpec, params: Tensor, input
         - params: ``[B, P]``, inputs: ``[n, *input_shape]``
         - output: ``[B, n, classes]``
     """
-    state = split_parameters(spec, params)
+    state = spec.split_parameters(params)
 
     def run(single: dict[str, Tensor]) -> Tensor:
         return functional_call(model, single, (inputs,))
@@ -353,7 +353,7 @@ def group_lasso(spec: WeightSpaceSpec, params: Tensor, alpha: float = 0.0) -> Te
         - params: ``[B, P]``
         - output: ``[B]``
     """
-    state = split_parameters(spec, params)
+    state = spec.split_parameters(params)
     totals = []
     for b in range(params.shape[0]):
         total = params.new_zeros(())

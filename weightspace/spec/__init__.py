@@ -2,14 +2,18 @@
 
 from weightspace.spec.containers import (
     Axis,
+    AxisRef,
     LayerInput,
     LayerSpec,
     NeuronSpace,
     ParameterSpec,
     ScaleRule,
     WeightSpaceSpec,
+    check_finite,
+    first_non_finite,
 )
 from weightspace.spec.errors import (
+    NonFiniteError,
     SpecError,
     StateDictMismatchError,
     TraceError,
@@ -21,10 +25,12 @@ from weightspace.spec.trace import trace
 
 __all__ = [
     "Axis",
+    "AxisRef",
     "LayerInput",
     "LayerSpec",
     "NeuronScaling",
     "NeuronSpace",
+    "NonFiniteError",
     "ParameterSpec",
     "Permutation",
     "ScaleRule",
@@ -33,6 +39,8 @@ __all__ = [
     "TraceError",
     "UnsupportedLayerError",
     "WeightSpaceSpec",
+    "check_finite",
+    "first_non_finite",
     "register_function_rule",
     "register_module_rule",
     "trace",

@@ -26,7 +26,7 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from weightspace.spec.errors import SpecError, StateDictMismatchError
+from weightspace.spec.errors import NonFiniteError, SpecError, StateDictMismatchError
 
 #: Roles a parameter can play. ``weight``: the (out, in, *kernel) weight of a
 #: linear/conv layer (one edge per (in, out) pair); ``depthwise_weight``: a
@@ -67,6 +67,20 @@ class Axis:
     """
 
     space: str
+    block: int = 1
+
+
+@dataclass(frozen=True)
+class AxisRef:
+    """One axis of one parameter that indexes a given space: an entry of
+    :meth:`WeightSpaceSpec.axes_of` (Git Re-Basin's ``perm_to_axes``).
+
+    ``block`` > 1: every neuron of the space owns ``block`` consecutive entries
+    of the axis (see :class:`Axis`).
+    """
+
+    parameter: str
+    axis: int
     block: int = 1
 
 
@@ -213,6 +227,29 @@ def _tuple(x: Any) -> tuple:
     return tuple(x) if x is not None else ()
 
 
+def first_non_finite(state_dict: Mapping[str, Tensor],
+                     names: Iterable[str] | None = None) -> tuple[str, str] | None:
+    """``(key, "NaN" | "infinite")`` of the first floating entry (of ``names``,
+    default all) that is not finite, or ``None`` when every value is finite."""
+    for key in state_dict if names is None else names:
+        value = state_dict[key]
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return key, "NaN" if bool(torch.isnan(value).any()) else "infinite"
+    return None
+
+
+def check_finite(state_dict: Mapping[str, Tensor], label: str = "state dict",
+                 names: Iterable[str] | None = None) -> None:
+    """Raise :class:`NonFiniteError` naming the first entry of ``state_dict``
+    (of ``names``, default all) that holds NaN or infinite values."""
+    bad = first_non_finite(state_dict, names)
+    if bad is not None:
+        key, kind = bad
+        raise NonFiniteError(
+            f"{label}[{key!r}] contains {kind} values; the weights must be finite "
+            f"(is the checkpoint diverged or corrupted?)")
+
+
 @dataclass(frozen=True)
 class WeightSpaceSpec:
     """The weight-space spec of one architecture.
@@ -295,6 +332,64 @@ class WeightSpaceSpec:
         """P, the length of the flat parameter vector (buffers included)."""
         return sum(p.numel for p in self.parameters)
 
+    def split_parameters(self, params: Tensor) -> dict[str, Tensor]:
+        """State-dict views ``{name: [B, *shape]}`` of flat parameters.
+
+        Differentiable views in ``params``' dtype (unlike :meth:`unflatten`,
+        which copies and casts to each entry's own dtype): what a metanetwork
+        or a batched forward pass reads.
+
+        Shapes:
+            - params: ``[B, P]``.
+            - output: ``{name: [B, *shape]}``.
+        """
+        if params.dim() != 2 or params.shape[1] != self.num_parameters:
+            raise StateDictMismatchError(
+                f"expected flat parameters of shape [B, {self.num_parameters}], "
+                f"got {list(params.shape)}")
+        b = params.shape[0]
+        offsets = self.offsets
+        return {p.name: params[:, offsets[p.name][0]:offsets[p.name][1]].reshape(b, *p.shape)
+                for p in self.parameters}
+
+    def join_parameters(self, tensors: Mapping[str, Tensor]) -> Tensor:
+        """Inverse of :meth:`split_parameters`.
+
+        Shapes:
+            - tensors: ``{name: [B, *shape]}``, every parameter of the spec.
+            - output: ``[B, P]``.
+        """
+        missing = [p.name for p in self.parameters if p.name not in tensors]
+        if missing:
+            raise StateDictMismatchError(
+                f"missing parameter {missing[0]!r} (and {len(missing) - 1} more)")
+        if not self.parameters:
+            raise StateDictMismatchError("the spec has no parameters to join")
+        b = next(iter(tensors.values())).shape[0]
+        return torch.cat([tensors[p.name].reshape(b, -1) for p in self.parameters], dim=1)
+
+    # ------------------------------------------------------- axes of a space
+    @cached_property
+    def _axes_index(self) -> dict[str, tuple[AxisRef, ...]]:
+        out: dict[str, list[AxisRef]] = {s.name: [] for s in self.spaces}
+        for p in self.parameters:
+            for k, a in enumerate(p.axes):
+                if a is not None:
+                    out[a.space].append(AxisRef(p.name, k, a.block))
+        return {name: tuple(refs) for name, refs in out.items()}
+
+    def axes_of(self, space: str) -> tuple[AxisRef, ...]:
+        """Every (parameter, axis) that indexes ``space``, in parameter order
+        (Git Re-Basin's ``perm_to_axes[space]``). Permuting, scaling or pruning
+        the space acts on exactly these axes. Cached.
+        """
+        try:
+            return self._axes_index[space]
+        except KeyError:
+            raise SpecError(
+                f"no neuron space named {space!r}; the spec has {sorted(self._space_index)}"
+            ) from None
+
     @cached_property
     def dtype(self) -> torch.dtype:
         """The flat vector's default dtype: the widest floating dtype of the
@@ -309,33 +404,53 @@ class WeightSpaceSpec:
             out = torch.promote_types(out, d)
         return out
 
-    def check_state_dict(self, state_dict: Mapping[str, Tensor]) -> None:
-        """Raise :class:`StateDictMismatchError` naming the first missing key,
-        extra key or wrong shape."""
+    def check_state_dict(self, state_dict: Mapping[str, Tensor], *, finite: bool = False,
+                         label: str = "state dict") -> None:
+        """Check that ``state_dict`` is a state dict of this architecture.
+
+        Args:
+            state_dict: the mapping to check.
+            finite: also require every floating entry to be finite (NaN/Inf
+                weights make every cost, merge or score meaningless).
+            label: what to call ``state_dict`` in the message (``"state_b"``,
+                a file path …).
+
+        Raises:
+            StateDictMismatchError: not a mapping of tensors, a missing key, an
+                extra key or a wrong shape (the message names the key).
+            NonFiniteError: ``finite=True`` and an entry holds NaN or infinite
+                values (the message names the entry).
+        """
+        if not isinstance(state_dict, Mapping):
+            raise StateDictMismatchError(
+                f"{label} must be a state dict (a mapping from parameter names to tensors), "
+                f"got {type(state_dict).__name__}")
         expected = self._parameter_index
         for key in expected:
             if key not in state_dict:
                 raise StateDictMismatchError(
-                    f"state dict is missing {key!r} (shape {list(expected[key].shape)}); "
+                    f"{label} is missing {key!r} (shape {list(expected[key].shape)}); "
                     f"is it a checkpoint of a different architecture?"
                 )
         for key in state_dict:
             if key not in expected:
                 raise StateDictMismatchError(
-                    f"state dict has an unexpected key {key!r} that the traced module "
+                    f"{label} has an unexpected key {key!r} that the traced module "
                     f"does not have; is it a checkpoint of a different architecture?"
                 )
         for key, p in expected.items():
             value = state_dict[key]
             if not isinstance(value, Tensor):
                 raise StateDictMismatchError(
-                    f"state dict entry {key!r} is a {type(value).__name__}, not a tensor"
+                    f"{label} entry {key!r} is a {type(value).__name__}, not a tensor"
                 )
             if tuple(value.shape) != p.shape:
                 raise StateDictMismatchError(
-                    f"state dict entry {key!r} has shape {list(value.shape)}, "
+                    f"{label} entry {key!r} has shape {list(value.shape)}, "
                     f"the spec expects {list(p.shape)}"
                 )
+        if finite:
+            check_finite(state_dict, label, self._parameter_index)
 
     def flatten(self, state_dict: Mapping[str, Tensor], dtype: torch.dtype | None = None) -> Tensor:
         """Concatenate the state dict into one 1-D tensor in canonical order.

@@ -29,3 +29,8 @@ class TraceError(SpecError):
 class StateDictMismatchError(SpecError):
     """A state dict does not match the spec: a missing key, an extra key or a
     wrong shape. The message names the key."""
+
+
+class NonFiniteError(SpecError):
+    """A state dict holds NaN or infinite values where finite weights are
+    needed. The message names the state dict and the entry."""

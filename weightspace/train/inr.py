@@ -23,7 +23,6 @@ from scipy import ndimage
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from weightspace.nn.base import split_parameters
 from weightspace.spec import WeightSpaceSpec
 from weightspace.zoo.recipes.base import ImageData, load_image_data
 from weightspace.zoo.recipes.digits_inr import INRData, prepare
@@ -44,7 +43,7 @@ def render(network: nn.Module, spec: WeightSpaceSpec, params: Tensor, coords: Te
     Shapes:
         - output: ``[B, M, d_out]``
     """
-    tensors = split_parameters(spec, params)
+    tensors = spec.split_parameters(params)
     buffers = {name: t for name, t in tensors.items() if spec.parameter(name).is_buffer}
     weights = {name: t for name, t in tensors.items() if name not in buffers}
 
