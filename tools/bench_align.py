@@ -38,11 +38,12 @@ import time
 import torch
 
 import weightspace
-from weightspace.align.weight_matching import solve_assignment, weight_matching
+from weightspace.align.assignment import solve_assignment
+from weightspace.align.weight_matching import weight_matching
 from weightspace.models import MLP, resnet20
 
-# the module (``weightspace.align.weight_matching`` is also the function's name)
-weight_matching_engine = importlib.import_module("weightspace.align.weight_matching")
+# the engine module (its incremental-update threshold is switched off by --recompute)
+weight_matching_engine = importlib.import_module("weightspace.align._wm_engine")
 
 MODELS = {
     "mlp": (lambda: MLP(in_features=784, hidden=(512, 512, 512)), (1, 784),

@@ -12,7 +12,8 @@ from tests.architectures import ARCHITECTURES, randomise_buffers
 from tests.helpers import rel_err, run
 from weightspace import Permutation, SpecError, StateDictMismatchError
 from weightspace.align import WeightMatchingResult, align, weight_matching
-from weightspace.align.weight_matching import inner_objective, solve_assignment
+from weightspace.align.assignment import solve_assignment
+from weightspace.align.weight_matching import inner_objective
 from weightspace.models import build_model, default_input_shape
 
 ARCH_IDS = [a.name for a in ARCHITECTURES]
@@ -188,7 +189,8 @@ def test_independent_models_monotone_terminating_deterministic(name, kwargs):
 
 def _reference_weight_matching(spec, sd_a, sd_b, seed, max_sweeps=100):
     """A direct transcription of Git Re-Basin's algorithm (full permuted copies)."""
-    from weightspace.align.weight_matching import cost_terms, expand_index
+    from weightspace.align.assignment import expand_index
+    from weightspace.align.weight_matching import cost_terms
 
     terms = cost_terms(spec, False)
     spaces = [s for s in spec.permutable_spaces if terms[s.name]]
@@ -232,7 +234,7 @@ def _count_incremental_updates(monkeypatch):
     return a list that collects the outcome of each attempt."""
     import importlib
 
-    engine = importlib.import_module("weightspace.align.weight_matching")
+    engine = importlib.import_module("weightspace.align._wm_engine")
     monkeypatch.setattr(engine, "_INCREMENTAL_MIN_MACS", 0)
     monkeypatch.setattr(engine, "_INCREMENTAL_MAX_ROWS", 10.0)
     outcomes: list[bool] = []

@@ -6,6 +6,8 @@
   of weight matching (soft permutations by Sinkhorn) plus a hard projection.
 * :func:`activation_matching`: Git Re-Basin activation matching — match
   neurons by the correlation of their activations on data.
+* :func:`solve_assignment`: the linear assignment all of them end in
+  (GroupNorm spaces solved exactly over group-preserving permutations).
 * :func:`merge_many`: Git Re-Basin MergeMany — align N models to a common
   frame and average them.
 
@@ -15,14 +17,10 @@ handled without per-architecture code.
 """
 
 from weightspace.align.activation_matching import activation_matching
+from weightspace.align.assignment import WeightMatchingResult, solve_assignment
 from weightspace.align.merge_many import MergeManyResult, merge_many
 from weightspace.align.sinkhorn import SinkhornResult, sinkhorn_matching, soft_permute
-from weightspace.align.weight_matching import (
-    WeightMatchingResult,
-    align,
-    align_rows,
-    weight_matching,
-)
+from weightspace.align.weight_matching import align, align_rows, weight_matching
 
 __all__ = [
     "MergeManyResult",
@@ -34,5 +32,6 @@ __all__ = [
     "merge_many",
     "sinkhorn_matching",
     "soft_permute",
+    "solve_assignment",
     "weight_matching",
 ]

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from weightspace.align.weight_matching import (
+from weightspace.align.assignment import (
     WeightMatchingResult,
     check_states,
     solve_assignment,

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from torch import Tensor
 
-from weightspace.align.weight_matching import check_states, weight_matching
+from weightspace.align.assignment import check_states
+from weightspace.align.weight_matching import weight_matching
 from weightspace.spec.containers import WeightSpaceSpec
 from weightspace.spec.symmetry import Permutation
 

@@ -40,13 +40,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from weightspace.align.weight_matching import (
+from weightspace.align.assignment import (
     check_states,
     compute_dtype,
-    cost_terms,
     resolve_init,
     solve_assignment,
 )
+from weightspace.align.weight_matching import cost_terms
+from weightspace.errors import WeightspaceError
 from weightspace.spec.containers import WeightSpaceSpec
 from weightspace.spec.symmetry import Permutation
 
@@ -107,13 +108,17 @@ def soft_permute(
     one-hot matrices this equals :meth:`WeightSpaceSpec.permute`.
     Differentiable."""
     spec.check_state_dict(state)
+    # each parameter's soft-permuted axes, applied in its own axis order
+    axes: dict[str, list[tuple[int, str, int]]] = {}
+    for space in soft:
+        for ref in spec.axes_of(space):
+            axes.setdefault(ref.parameter, []).append((ref.axis, space, ref.block))
     out = {}
     for p in spec.parameters:
         t = state[p.name]
         if t.is_floating_point():
-            for axis, a in enumerate(p.axes):
-                if a is not None and a.space in soft:
-                    t = _apply_soft(t, axis, soft[a.space].to(t.dtype), a.block)
+            for axis, space, block in sorted(axes.get(p.name, ())):
+                t = _apply_soft(t, axis, soft[space].to(t.dtype), block)
         out[p.name] = t
     return out
 
@@ -157,11 +162,18 @@ def sinkhorn_matching(
     Returns:
         A :class:`SinkhornResult` (soft matrices, hard projection, soft
         objective).
+
+    Raises:
+        StateDictMismatchError: a state dict does not match the spec.
+        NonFiniteError: NaN/infinite weights (the message names the state dict
+            and the parameter).
+        WeightspaceError: ``tau <= 0`` or ``iterations < 1``.
     """
     if tau <= 0:
-        raise ValueError(f"tau must be > 0, got {tau}")
+        raise WeightspaceError(f"tau must be > 0, got {tau}", parameter="tau")
     if iterations < 1:
-        raise ValueError(f"iterations must be >= 1, got {iterations}")
+        raise WeightspaceError(f"iterations must be >= 1, got {iterations}",
+                               parameter="iterations")
     check_states(spec, state_a=state_a, state_b=state_b)
     perms = resolve_init(spec, init)
     dtype = compute_dtype(state_a, state_b)
