@@ -22,9 +22,10 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
+from torch.func import functional_call
 from torch_geometric.data import Data
 
+from weightspace.functional import batched_call
 from weightspace.graph import GraphTemplate
 from weightspace.nn.base import flat_parameters
 from weightspace.spec import WeightSpaceSpec
@@ -218,13 +219,12 @@ class ProbeFeatures(nn.Module):
         probes = self.probes
         params = flat_parameters(inputs, self.template).to(probes.dtype)
         b = params.shape[0]
-        state = self.spec.split_parameters(params)
 
         def one(state_one: dict[str, Tensor], probes_: Tensor) -> tuple[Tensor, ...]:
             hidden, out = self._run(state_one, probes_)
             return (*hidden, out)
 
-        values = vmap(one, in_dims=(0, None))(state, probes)  # [B, K, size] per layer
+        values = batched_call(one, self.spec, params, probes)  # [B, K, size] per layer
         nodes = [probes.t().expand(b, -1, -1)] + [v.transpose(1, 2) for v in values]
         features = torch.cat(nodes, dim=1)  # [B, N, K]
         return features.reshape(b * self.template.num_nodes, self.num_probes)

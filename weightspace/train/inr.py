@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
 
+from weightspace.functional import batched_forward
 from weightspace.spec import WeightSpaceSpec
 from weightspace.zoo.recipes.base import ImageData, load_image_data
 from weightspace.zoo.recipes.digits_inr import INRData, prepare
@@ -31,26 +31,21 @@ EDIT_OPS = ("dilate", "erode", "invert", "identity")
 
 
 def render(network: nn.Module, spec: WeightSpaceSpec, params: Tensor, coords: Tensor) -> Tensor:
-    """Outputs of ``B`` networks of one architecture at the same inputs, batched
-    with :func:`torch.func.vmap`, differentiable in ``params``.
+    """Outputs of ``B`` INRs of one architecture at the same pixel coordinates
+    (:func:`~weightspace.functional.batched_forward`), differentiable in
+    ``params``.
 
     Args:
         network: one instance of the architecture (its own values are unused).
         spec: its spec.
         params: ``[B, P]`` flat parameters.
-        coords: ``[M, d_in]`` inputs (pixel coordinates).
+        coords: ``[M, d_in]`` inputs (pixel coordinates; cast to ``params``'
+            dtype).
 
     Shapes:
         - output: ``[B, M, d_out]``
     """
-    tensors = spec.split_parameters(params)
-    buffers = {name: t for name, t in tensors.items() if spec.parameter(name).is_buffer}
-    weights = {name: t for name, t in tensors.items() if name not in buffers}
-
-    def one(w: dict[str, Tensor], b: dict[str, Tensor]) -> Tensor:
-        return functional_call(network, (w, b), (coords.to(params.dtype),))
-
-    return vmap(one)(weights, buffers)
+    return batched_forward(network, spec, params, coords.to(params.dtype))
 
 
 def edit_images(images: ImageData, op: str = "dilate", size: int = 3) -> ImageData:

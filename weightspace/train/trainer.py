@@ -48,6 +48,7 @@ from weightspace.train.config import TrainConfig, save_config
 from weightspace.train.distributed import Distributed, setup_distributed, teardown_distributed
 from weightspace.train.inr import EditTargets, edit_targets, render
 from weightspace.train.metrics import accuracy, kendall_tau, mean_squared_error, r_squared
+from weightspace.train.schedule import warmup_cosine_scheduler
 from weightspace.zoo import Zoo, ZooGraphDataset, split_by_run
 from weightspace.zoo import transforms as T
 from weightspace.zoo.mixup import WeightMixup
@@ -331,13 +332,7 @@ class Trainer:
         self.steps_per_epoch = max(1, (len(self.train_set) // self.dist.world_size) // config.batch_size)
         total = self.steps_per_epoch * config.epochs
         warmup = min(config.warmup_steps, max(total // 10, 1))
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.scheduler = warmup_cosine_scheduler(self.optimizer, warmup, total)
         self.out = Path(config.out)
         self.history: list[dict[str, float]] = []
         self.best_score = -math.inf
