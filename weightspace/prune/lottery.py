@@ -32,6 +32,7 @@ import copy
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -47,6 +48,7 @@ from weightspace.prune.magnitude import (
     magnitude_masks,
     prunable_parameters,
 )
+from weightspace.prune.structured import PruneError
 from weightspace.spec.containers import WeightSpaceSpec
 from weightspace.spec.trace import trace
 
@@ -181,8 +183,84 @@ def _reinitialise(model: nn.Module, seed: int) -> None:
 
 def _check_positive_int(value: object, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise PruneError(f"{name} must be an integer >= {minimum}, got {value!r}",
+                         parameter=name)
     return value
+
+
+def _check_arguments(rounds: int, rate: float, rewind_epoch: int, epochs: int, lr: float,
+                     batch_size: int, scope: str) -> float:
+    """Check :func:`iterative_magnitude_pruning`'s settings; the rate as a float."""
+    _check_positive_int(rounds, "rounds", 0)
+    _check_positive_int(epochs, "epochs", 1)
+    _check_positive_int(batch_size, "batch_size", 1)
+    _check_positive_int(rewind_epoch, "rewind_epoch", 0)
+    if rewind_epoch >= epochs:
+        raise PruneError(f"rewind_epoch must be smaller than epochs={epochs} (retraining "
+                         f"runs epochs rewind_epoch … epochs-1), got {rewind_epoch}",
+                         parameter="rewind_epoch")
+    rate = check_sparsity(rate, "rate")
+    if rate == 0.0:
+        raise PruneError("rate must be in (0, 1), got 0: no round would prune anything",
+                         parameter="rate")
+    if scope not in SCOPES:
+        raise PruneError(f"unknown scope {scope!r}; valid values are {', '.join(SCOPES)}",
+                         parameter="scope")
+    if not lr > 0:
+        raise PruneError(f"lr must be positive, got {lr!r}", parameter="lr")
+    return rate
+
+
+def _prunable_spec(work: nn.Module, data: Split, spec: WeightSpaceSpec | None) -> WeightSpaceSpec:
+    """``spec`` checked against the network (traced from it when ``None``)."""
+    if spec is None:
+        spec = trace(work, tuple(data.x_train[:1].shape))
+    else:
+        spec.check_state_dict(work.state_dict())
+    if not prunable_parameters(spec):
+        raise PruneError("the model has no prunable weights (no linear/conv weight parameters)",
+                         parameter="model")
+    return spec
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """How every IMP round trains and evaluates (fixed for one run)."""
+
+    data: Split
+    test: tuple[Tensor, Tensor]
+    rewind_epoch: int
+    train_args: Mapping[str, Any]
+
+
+def _retrain_round(work: nn.Module, masks: Mapping[str, Tensor], rewind_state: Mapping[str, Tensor],
+                   round_index: int, schedule: _Schedule, control_seed: int | None
+                   ) -> tuple[LotteryRound, dict[str, Tensor]]:
+    """One pruned round on ``work`` (in place): rewind the survivors of
+    ``masks`` to ``rewind_state``, retrain, evaluate, and with a
+    ``control_seed`` train the same mask from a random re-initialisation.
+    Returns the round's record and the retrained weights."""
+    work.load_state_dict(apply_masks(rewind_state, masks))
+    _train(work, schedule.data, masks=masks, first_epoch=schedule.rewind_epoch,
+           **schedule.train_args)
+    loss, accuracy = evaluate(work, *schedule.test)
+    trained = _state(work)
+
+    control_loss = control_accuracy = None
+    if control_seed is not None:
+        control = copy.deepcopy(work)
+        _reinitialise(control, control_seed + _CONTROL_SEED_OFFSET * round_index)
+        _train(control, schedule.data, masks=masks, first_epoch=0, **schedule.train_args)
+        control_loss, control_accuracy = evaluate(control, *schedule.test)
+
+    pruned = sum(int((~m).sum()) for m in masks.values())
+    sparsity = pruned / sum(m.numel() for m in masks.values())
+    logger.info("IMP round %d: sparsity %.4f, test accuracy %.4f%s", round_index,
+                sparsity, accuracy,
+                "" if control_accuracy is None
+                else f", random re-init control {control_accuracy:.4f}")
+    return (LotteryRound(round_index, sparsity, loss, accuracy, control_loss, control_accuracy),
+            trained)
 
 
 def iterative_magnitude_pruning(
@@ -248,8 +326,9 @@ def iterative_magnitude_pruning(
         - result.masks[name]: the parameter's shape, ``torch.bool``.
 
     Raises:
-        ValueError: an argument out of range (the message names it), or a
-            ``spec`` that does not match ``model``.
+        PruneError: an argument out of range (the message names it, as does
+            the error's ``parameter``) or a model without prunable weights.
+        StateDictMismatchError: a ``spec`` that does not match ``model``.
 
     Example::
 
@@ -258,37 +337,18 @@ def iterative_magnitude_pruning(
         ...                                      rounds=3, random_reinit_control=True)
         >>> [(r.sparsity, r.test_accuracy, r.control_accuracy) for r in result.rounds]
     """
-    rounds = _check_positive_int(rounds, "rounds", 0)
-    epochs = _check_positive_int(epochs, "epochs", 1)
-    batch_size = _check_positive_int(batch_size, "batch_size", 1)
-    rewind_epoch = _check_positive_int(rewind_epoch, "rewind_epoch", 0)
-    if rewind_epoch >= epochs:
-        raise ValueError(f"rewind_epoch must be smaller than epochs={epochs} (retraining "
-                         f"runs epochs rewind_epoch … epochs-1), got {rewind_epoch}")
-    rate = check_sparsity(rate, "rate")
-    if rate == 0.0:
-        raise ValueError("rate must be in (0, 1), got 0: no round would prune anything")
-    if scope not in SCOPES:
-        raise ValueError(f"unknown scope {scope!r}; valid values are {', '.join(SCOPES)}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
-
+    rate = _check_arguments(rounds, rate, rewind_epoch, epochs, lr, batch_size, scope)
     work = copy.deepcopy(model)
-    if spec is None:
-        spec = trace(work, tuple(data.x_train[:1].shape))
-    else:
-        spec.check_state_dict(work.state_dict())
-    if not prunable_parameters(spec):
-        raise ValueError("the model has no prunable weights (no linear/conv weight parameters)")
+    spec = _prunable_spec(work, data, spec)
     device = next(work.parameters()).device
-    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
-    train_args = dict(lr=lr, batch_size=batch_size, seed=seed, epochs=epochs)
+    schedule = _Schedule(data, (data.x_test.to(device), data.y_test.to(device)), rewind_epoch,
+                         dict(lr=lr, batch_size=batch_size, seed=seed, epochs=epochs))
 
     bar = tqdm(total=rounds + 1, desc="IMP", unit="round", disable=not progress)
     rewind_state = _train(work, data, masks=None, first_epoch=0,
-                          snapshot_epoch=rewind_epoch, **train_args)
+                          snapshot_epoch=rewind_epoch, **schedule.train_args)
     assert rewind_state is not None  # rewind_epoch < epochs, so the snapshot was taken
-    loss, accuracy = evaluate(work, x_test, y_test)
+    loss, accuracy = evaluate(work, *schedule.test)
     history = [LotteryRound(0, 0.0, loss, accuracy)]
     logger.info("IMP round 0 (dense): test accuracy %.4f", accuracy)
     bar.update()
@@ -298,26 +358,9 @@ def iterative_magnitude_pruning(
     for round_index in range(1, rounds + 1):
         target = 1.0 - (1.0 - rate) ** round_index
         masks = magnitude_masks(trained, spec, target, scope=scope, existing=masks)
-        work.load_state_dict(apply_masks(rewind_state, masks))
-        _train(work, data, masks=masks, first_epoch=rewind_epoch, **train_args)
-        loss, accuracy = evaluate(work, x_test, y_test)
-        trained = _state(work)
-
-        control_loss = control_accuracy = None
-        if random_reinit_control:
-            control = copy.deepcopy(work)
-            _reinitialise(control, seed + _CONTROL_SEED_OFFSET * round_index)
-            _train(control, data, masks=masks, first_epoch=0, **train_args)
-            control_loss, control_accuracy = evaluate(control, x_test, y_test)
-
-        pruned = sum(int((~m).sum()) for m in masks.values())
-        sparsity = pruned / sum(m.numel() for m in masks.values())
-        history.append(LotteryRound(round_index, sparsity, loss, accuracy,
-                                    control_loss, control_accuracy))
-        logger.info("IMP round %d: sparsity %.4f, test accuracy %.4f%s", round_index,
-                    sparsity, accuracy,
-                    "" if control_accuracy is None
-                    else f", random re-init control {control_accuracy:.4f}")
+        record, trained = _retrain_round(work, masks, rewind_state, round_index, schedule,
+                                         seed if random_reinit_control else None)
+        history.append(record)
         bar.update()
     bar.close()
 

@@ -22,6 +22,7 @@ import torch
 from scipy import ndimage
 from torch import Tensor, nn
 
+from weightspace.errors import WeightspaceError
 from weightspace.functional import batched_forward
 from weightspace.spec import WeightSpaceSpec
 from weightspace.zoo.recipes.base import ImageData, load_image_data
@@ -52,7 +53,7 @@ def edit_images(images: ImageData, op: str = "dilate", size: int = 3) -> ImageDa
     """The same images, edited: grey-scale ``dilate`` / ``erode`` with a
     ``size × size`` square, ``invert`` (``max + min - v``) or ``identity``."""
     if op not in EDIT_OPS:
-        raise ValueError(f"edit op {op!r} is not one of {list(EDIT_OPS)}")
+        raise WeightspaceError(f"edit op {op!r} is not one of {list(EDIT_OPS)}", parameter="op")
     split = images.split
     lo = float(min(split.x_train.min(), split.x_test.min()))
     hi = float(max(split.x_train.max(), split.x_test.max()))
@@ -95,7 +96,8 @@ class EditTargets:
         out = first.new_empty(len(splits), *first.shape[1:])
         for part in np.unique(splits):  # one gather per split, not per row
             if part not in source:
-                raise ValueError(f"row split {part!r} is not an image split ({sorted(source)})")
+                raise WeightspaceError(f"row split {part!r} is not an image split "
+                                       f"({sorted(source)})", parameter="splits")
             where = torch.from_numpy(np.flatnonzero(splits == part))
             out[where] = source[part][index[where]]
         return out
@@ -130,16 +132,18 @@ def refit_mse_floor(op: str = "dilate", size: int = 3, *, recipe: str | os.PathL
     this is the error a refitted target would already carry.
 
     Raises:
-        ValueError: ``recipe`` is not an INR recipe, or ``test_images < 1``.
+        WeightspaceError: ``recipe`` is not an INR recipe, or ``test_images < 1``.
     """
     from weightspace.zoo.recipes.base import Job, load_recipe
     from weightspace.zoo.recipes.digits_inr import DigitsINR
 
     loaded = load_recipe(recipe)
     if not isinstance(loaded, DigitsINR):
-        raise ValueError(f"refit_mse_floor needs an INR recipe like 'digits-inr', got {loaded.name!r}")
+        raise WeightspaceError(f"refit_mse_floor needs an INR recipe like 'digits-inr', got "
+                               f"{loaded.name!r}", parameter="recipe")
     if test_images < 1:
-        raise ValueError(f"test_images must be at least 1, got {test_images}")
+        raise WeightspaceError(f"test_images must be at least 1, got {test_images}",
+                               parameter="test_images")
     images = load_image_data(data)
     targets = edit_targets(data, op, size)
     edited = INRData(edit_images(images, op, size), targets.edited, targets.coords)

@@ -103,7 +103,8 @@ class MetaPruner(nn.Module):
                  dropout: float = 0.0, seed: int = 0, mode: str = "edit") -> None:
         super().__init__()
         if mode not in MODES:
-            raise PruneError(f"unknown meta-pruner mode {mode!r}; choose one of {MODES}")
+            raise PruneError(f"unknown meta-pruner mode {mode!r}; choose one of {MODES}",
+                             parameter="mode")
         self.spec = spec
         self.mode = mode
         self.config = {"hidden": int(hidden), "num_layers": int(num_layers),
@@ -149,7 +150,7 @@ class MetaPruner(nn.Module):
         if params.dim() != 2 or params.shape[1] != self.spec.num_parameters:
             raise PruneError(f"the meta-pruner expects flat parameters [B, "
                              f"{self.spec.num_parameters}] of its architecture, got "
-                             f"{list(params.shape)}")
+                             f"{list(params.shape)}", parameter="params")
         weight = next(self.gmn.parameters())
         return params.to(device=weight.device, dtype=weight.dtype)
 

@@ -120,7 +120,8 @@ def meta_prune(pruner: MetaPruner, model: nn.Module, spec: WeightSpaceSpec,
     """
     if pruner.spec.hash != spec.hash:
         raise PruneError(f"the meta-pruner was trained for another architecture (spec "
-                         f"{pruner.spec.hash[:12]}, this model {spec.hash[:12]})")
+                         f"{pruner.spec.hash[:12]}, this model {spec.hash[:12]})",
+                         parameter="pruner")
     state = {k: v.detach() for k, v in state_dict.items()}
     spec.check_state_dict(state)
     _, accuracy_before = evaluate(model, data.x_test, data.y_test, state_dict=state)

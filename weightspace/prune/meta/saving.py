@@ -53,7 +53,7 @@ def save_meta_pruner(pruner: MetaPruner, path: str | os.PathLike[str],
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         raise PruneError(f"{path}: a meta-pruner is saved as .safetensors (its config lives in "
-                         f"the header)")
+                         f"the header)", parameter="path")
     metadata = {FORMAT_METADATA: FORMAT_VERSION,
                 CONFIG_METADATA: json.dumps(pruner.config, sort_keys=True),
                 SPEC_METADATA: pruner.spec.to_json()}

@@ -39,11 +39,11 @@ def trained_zoo_rows(path: str | os.PathLike[str], group: str | None = None,
         if group is None:
             if len(zoo.groups) != 1:
                 raise PruneError(f"{path} has groups {list(zoo.groups)}; a meta-pruner works on "
-                                 f"one architecture, name one")
+                                 f"one architecture, name one", parameter="group")
             group = next(iter(zoo.groups))
         if spec is not None and zoo.group(group).spec.hash != spec.hash:
             raise PruneError(f"{path}: group {group!r} holds another architecture than the "
-                             f"meta-pruner's (e.g. another activation)")
+                             f"meta-pruner's (e.g. another activation)", parameter="spec")
         equals: dict[str, Any] = {}
         if split is not None and "split" in zoo.columns:
             equals["split"] = split
@@ -54,7 +54,8 @@ def trained_zoo_rows(path: str | os.PathLike[str], group: str | None = None,
         if len(indices) == 0:
             raise PruneError(f"{path}: no trained networks in group {group!r}"
                              + (f" with {accuracy_column} >= {min_accuracy}"
-                                if min_accuracy is not None else ""))
+                                if min_accuracy is not None else ""),
+                             parameter="group" if min_accuracy is None else "min_accuracy")
         rows = zoo.params(indices).float()
     finally:
         zoo.close()
