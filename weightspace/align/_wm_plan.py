@@ -34,7 +34,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-from weightspace.align.assignment import expand_index
+from weightspace.align.assignment import axes_by_parameter, expand_index
 from weightspace.spec.containers import WeightSpaceSpec
 
 __all__ = ["CostTerm", "Plan", "SpacePlan", "clear_plans", "cost_terms", "inner_objective",
@@ -98,11 +98,7 @@ def cost_terms(spec: WeightSpaceSpec, include_buffers: bool) -> dict[str, tuple[
 
 def _build_terms(spec: WeightSpaceSpec, include_buffers: bool) -> dict[str, tuple[CostTerm, ...]]:
     permutable = [s.name for s in spec.permutable_spaces]
-    # each parameter's permutable axes, in its own axis order
-    axes: dict[str, list[tuple[int, str, int]]] = {}
-    for space in permutable:
-        for ref in spec.axes_of(space):
-            axes.setdefault(ref.parameter, []).append((ref.axis, space, ref.block))
+    axes = axes_by_parameter(spec, permutable)
     owners: dict[str, list[CostTerm]] = {name: [] for name in permutable}
     vectors: dict[str, list[CostTerm]] = {name: [] for name in permutable}
     rest: dict[str, list[CostTerm]] = {name: [] for name in permutable}
@@ -111,9 +107,8 @@ def _build_terms(spec: WeightSpaceSpec, include_buffers: bool) -> dict[str, tupl
             continue
         if not getattr(torch, p.dtype).is_floating_point:
             continue
-        own_axes = sorted(axes[p.name])
-        for i, (k, space, block) in enumerate(own_axes):
-            others = tuple(o for o in own_axes if o[0] != k)
+        for i, (k, space, block) in enumerate(axes[p.name]):
+            others = tuple(o for o in axes[p.name] if o[0] != k)
             vector = len(p.shape) == 1 and block == 1
             group = vectors if vector else owners if i == 0 else rest
             group[space].append(CostTerm(p.name, k, space, block, others, i == 0, vector))

@@ -15,7 +15,7 @@ permutation and the neuron-to-axis index expansion.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +28,7 @@ from weightspace.spec.symmetry import Permutation, check_permutation
 
 __all__ = [
     "WeightMatchingResult",
+    "axes_by_parameter",
     "check_states",
     "compute_dtype",
     "expand_index",
@@ -139,6 +140,19 @@ def resolve_init(spec: WeightSpaceSpec, init: Permutation | None) -> dict[str, T
         for name, p in init.perms.items():
             perms[name] = p.detach().to("cpu", torch.long).clone()
     return perms
+
+
+def axes_by_parameter(spec: WeightSpaceSpec, spaces: Iterable[str]
+                      ) -> dict[str, list[tuple[int, str, int]]]:
+    """``parameter -> [(axis, space, block), ...]``: the axes of each parameter
+    that index one of ``spaces`` (read from :meth:`WeightSpaceSpec.axes_of`),
+    in the parameter's own axis order; parameters indexing none are left out.
+    """
+    out: dict[str, list[tuple[int, str, int]]] = {}
+    for space in spaces:
+        for ref in spec.axes_of(space):
+            out.setdefault(ref.parameter, []).append((ref.axis, space, ref.block))
+    return {name: sorted(axes) for name, axes in out.items()}
 
 
 def expand_index(index: Tensor, block: int) -> Tensor:

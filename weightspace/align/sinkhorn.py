@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from weightspace.align.assignment import (
+    axes_by_parameter,
     check_states,
     compute_dtype,
     resolve_init,
@@ -108,16 +109,12 @@ def soft_permute(
     one-hot matrices this equals :meth:`WeightSpaceSpec.permute`.
     Differentiable."""
     spec.check_state_dict(state)
-    # each parameter's soft-permuted axes, applied in its own axis order
-    axes: dict[str, list[tuple[int, str, int]]] = {}
-    for space in soft:
-        for ref in spec.axes_of(space):
-            axes.setdefault(ref.parameter, []).append((ref.axis, space, ref.block))
+    axes = axes_by_parameter(spec, soft)  # applied in each parameter's axis order
     out = {}
     for p in spec.parameters:
         t = state[p.name]
         if t.is_floating_point():
-            for axis, space, block in sorted(axes.get(p.name, ())):
+            for axis, space, block in axes.get(p.name, ()):
                 t = _apply_soft(t, axis, soft[space].to(t.dtype), block)
         out[p.name] = t
     return out
