@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from weightspace.spec.containers import ScaleRule, WeightSpaceSpec
+from weightspace.spec.symmetry import multiply_rules_flat, permutation_index
 
 __all__ = [
     "Compose",
@@ -46,7 +47,6 @@ __all__ = [
     "SirenBiasShift",
     "WeightDropout",
     "WeightTransform",
-    "batch_permutation_index",
 ]
 
 
@@ -72,27 +72,6 @@ def _learnable_mask(spec: WeightSpaceSpec, device: torch.device) -> Tensor:
             start, end = spec.offsets[p.name]
             mask[start:end] = True
     return mask.to(device)
-
-
-def _multiply_rules(
-    out: Tensor, spec: WeightSpaceSpec, rules: Sequence[ScaleRule], factors: Tensor
-) -> None:
-    """In place: multiply ``out`` (``[B, P]``) along each rule's axis by
-    ``factors ** rule.power``, one ``[n]`` row of ``factors`` (``[B, n]``)
-    per row of ``out``."""
-    batch = out.shape[0]
-    for rule in rules:
-        p = spec.parameter(rule.parameter)
-        start, end = spec.offsets[p.name]
-        axis = p.axes[rule.axis]
-        block = axis.block if axis is not None else 1
-        # power first, in float64, then one rounding to the parameters' dtype
-        f = (factors.repeat_interleave(block, dim=1) ** rule.power).to(out.device, out.dtype)
-        shape = [batch] + [1] * len(p.shape)
-        shape[1 + rule.axis] = -1
-        # a column slice of a contiguous [B, P] tensor can be viewed as
-        # [B, *shape]: only its last (unit-stride) dimension is split
-        out[:, start:end].view(batch, *p.shape).mul_(f.reshape(shape))
 
 
 def _activations(spec: WeightSpaceSpec) -> str:
@@ -156,106 +135,6 @@ class WeightTransform(ABC):
 
 
 # ------------------------------------------------------------ permutations
-def _random_permutations(
-    spec: WeightSpaceSpec, batch: int, generator: torch.Generator | None
-) -> dict[str, Tensor]:
-    """One uniformly random permutation per row and permutable space, as
-    ``space -> LongTensor[batch, n]``, respecting GroupNorm groups like
-    :func:`weightspace.spec.symmetry.random_permutation`.
-
-    Drawn as the argsort of uniform noise so that all rows come from one call
-    per space instead of ``batch`` calls to ``randperm``; float64 noise makes
-    ties (which would bias the draw) practically impossible."""
-    out = {}
-    for s in spec.permutable_spaces:
-        blocks = s.permutation_blocks
-        if blocks > 1:
-            size = s.size // blocks
-            order = _rand((batch, blocks), generator).argsort(dim=-1)
-            within = _rand((batch, blocks, size), generator).argsort(dim=-1)
-            out[s.name] = (order[:, :, None] * size + within).reshape(batch, s.size)
-        else:
-            out[s.name] = _rand((batch, s.size), generator).argsort(dim=-1)
-    return out
-
-
-def batch_permutation_index(
-    spec: WeightSpaceSpec,
-    perms: Mapping[str, Tensor],
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """The flat gather index of one permutation per row, the batched version of
-    :func:`weightspace.spec.symmetry.permutation_index`: row ``b`` of the
-    result is ``permutation_index(spec, Permutation({k: v[b] for k, v in
-    perms.items()}))``, so ``params.gather(-1, index)`` permutes each row of
-    ``params`` with its own permutation.
-
-    The index is built per parameter for the whole batch at once (a sum of
-    broadcast per-axis offsets), not per row. The permutations are not
-    checked to be valid symmetries (spaces absent from ``perms`` stay put).
-
-    Args:
-        spec: the weight-space spec.
-        perms: space name -> ``LongTensor[B, n]``, the convention of
-            :class:`~weightspace.spec.symmetry.Permutation` on each row.
-        device: where to build the index (the params' device avoids a copy).
-
-    Shapes:
-        - output: ``[B, P]`` (``int64``: ``8·B·P`` bytes).
-    """
-    perms = dict(perms)
-    batch = None
-    for name, p in perms.items():
-        space = spec.space(name)
-        if not space.permutable:
-            raise ValueError(f"space {name!r} is an {space.role} space and cannot be permuted")
-        if p.dim() != 2 or p.shape[1] != space.size:
-            raise ValueError(
-                f"permutations of space {name!r} have shape {list(p.shape)}, "
-                f"expected [B, {space.size}]"
-            )
-        if batch is not None and p.shape[0] != batch:
-            raise ValueError(
-                f"permutations of space {name!r} have {p.shape[0]} rows, "
-                f"the other spaces have {batch}"
-            )
-        batch = p.shape[0]
-    if batch is None:
-        raise ValueError("batch_permutation_index needs at least one space to know the batch size")
-    perms = {k: v.to(device=device, dtype=torch.long) for k, v in perms.items()}
-
-    # Written parameter by parameter into one [B, P] buffer, in place: the
-    # unpermuted axes give a [1, *shape] base shared by all rows, and each
-    # permuted axis adds a broadcast [B, 1, …, n, …, 1] term, so no [B, *shape]
-    # temporary is made (the index is the largest tensor of the transform).
-    index = torch.empty(batch, spec.num_parameters, dtype=torch.long, device=device)
-    for p in spec.parameters:
-        start, end = spec.offsets[p.name]
-        if start == end:
-            continue
-        base = torch.full((1,) * (len(p.shape) + 1), start, dtype=torch.long, device=device)
-        moves = []
-        stride = p.numel
-        for axis, (size, a) in enumerate(zip(p.shape, p.axes, strict=True)):
-            stride //= size  # row-major stride of this axis
-            shape = [1] * (len(p.shape) + 1)
-            shape[1 + axis] = size
-            if a is not None and a.space in perms:
-                pos = perms[a.space]
-                if a.block > 1:  # neuron i owns entries i·block … i·block + block − 1
-                    within = torch.arange(a.block, device=device)
-                    pos = (pos[:, :, None] * a.block + within).reshape(batch, size)
-                shape[0] = batch
-                moves.append((pos * stride).reshape(shape))
-            else:
-                base = base + (torch.arange(size, device=device) * stride).reshape(shape)
-        out = index[:, start:end].view(batch, *p.shape)
-        out.copy_(base.expand(batch, *p.shape))
-        for move in moves:
-            out.add_(move)
-    return index
-
-
 class RandomPermutation(WeightTransform):
     """Permute the neurons of every permutable (hidden) space at random.
 
@@ -269,7 +148,8 @@ class RandomPermutation(WeightTransform):
     move with their channels. Function-preserving exactly (a gather).
 
     A batch is permuted with one gather and a ``[B, P]`` index built for all
-    rows at once (see :func:`batch_permutation_index`).
+    rows at once (:func:`weightspace.spec.symmetry.permutation_index` of a
+    batched :class:`~weightspace.spec.symmetry.Permutation`).
 
     Shapes:
         - params: ``[P]`` or ``[B, P]``.
@@ -279,8 +159,8 @@ class RandomPermutation(WeightTransform):
     def forward(self, params, spec, generator):
         if not spec.permutable_spaces:
             return params.clone()
-        perms = _random_permutations(spec, params.shape[0], generator)
-        index = batch_permutation_index(spec, perms, device=params.device)
+        perm = spec.random_permutation(generator, batch_size=params.shape[0])
+        index = permutation_index(spec, perm, check=False, device=params.device)
         return params.gather(1, index)
 
 
@@ -313,13 +193,8 @@ class RandomScaling(WeightTransform):
         self.high = float(high)
 
     def forward(self, params, spec, generator):
-        out = _copy(params)
-        lo, hi = math.log(self.low), math.log(self.high)
-        for s in spec.permutable_spaces:
-            if s.scale_rules:
-                u = _rand((params.shape[0], s.size), generator)
-                _multiply_rules(out, spec, s.scale_rules, torch.exp(lo + (hi - lo) * u))
-        return out
+        scaling = spec.random_scaling(generator, self.low, self.high, batch_size=params.shape[0])
+        return spec.rescale_flat(params, scaling)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(low={self.low}, high={self.high})"
@@ -350,13 +225,8 @@ class RandomSignFlip(WeightTransform):
         self.p = float(p)
 
     def forward(self, params, spec, generator):
-        out = _copy(params)
-        for s in spec.permutable_spaces:
-            if s.sign_rules:
-                flip = _rand((params.shape[0], s.size), generator) < self.p
-                signs = 1.0 - 2.0 * flip.to(torch.float64)
-                _multiply_rules(out, spec, s.sign_rules, signs)
-        return out
+        flips = spec.random_sign_flip(generator, self.p, batch_size=params.shape[0])
+        return spec.rescale_flat(params, flips)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(p={self.p})"
@@ -470,7 +340,7 @@ class SirenBiasShift(WeightTransform):
                 # sin(z + π) = −sin(z): the readers of a neuron shifted by an odd
                 # number of half periods are negated
                 odd = halves.remainder(2).to(torch.float64)
-                _multiply_rules(out, spec, readers, 1.0 - 2.0 * odd)
+                multiply_rules_flat(spec, out, readers, 1.0 - 2.0 * odd)
             else:
                 bound = self.max_periods
                 halves = 2 * torch.randint(-bound, bound + 1, (batch, size), generator=generator)

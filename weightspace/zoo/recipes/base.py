@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from weightspace.data import Split, load_digits_split, load_npz_split
+from weightspace.spec import first_non_finite
 from weightspace.zoo.errors import ZooError
 from weightspace.zoo.rows import ZooRow
 
@@ -276,7 +277,7 @@ def state_dict_copy(model: nn.Module) -> dict[str, Tensor]:
 
 
 def all_finite(state_dict: Mapping[str, Tensor]) -> bool:
-    return all(bool(torch.isfinite(v).all()) for v in state_dict.values() if v.is_floating_point())
+    return first_non_finite(state_dict) is None
 
 
 # ---------------------------------------------------------------------- data
