@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from weightspace.errors import WeightspaceError
 from weightspace.spec.containers import ScaleRule, WeightSpaceSpec
 from weightspace.spec.symmetry import multiply_rules_flat, permutation_index
 
@@ -106,18 +107,18 @@ class WeightTransform(ABC):
                 f"got {type(params).__name__}"
             )
         if params.dim() not in (1, 2):
-            raise ValueError(
+            raise WeightspaceError(
                 f"{type(self).__name__} expects flat parameters of shape [P] or [B, P], "
                 f"got shape {list(params.shape)}"
             )
         if params.shape[-1] != spec.num_parameters:
-            raise ValueError(
+            raise WeightspaceError(
                 f"{type(self).__name__} got flat parameters with {params.shape[-1]} values "
                 f"in the last dimension, but the spec has {spec.num_parameters} parameters; "
                 f"are they from another architecture?"
             )
         if not params.is_floating_point():
-            raise ValueError(
+            raise WeightspaceError(
                 f"{type(self).__name__} expects floating-point parameters, got {params.dtype}"
             )
         batch = params if params.dim() == 2 else params.unsqueeze(0)
@@ -188,7 +189,7 @@ class RandomScaling(WeightTransform):
 
     def __init__(self, low: float = 0.5, high: float = 2.0) -> None:
         if not 0 < low <= high:
-            raise ValueError(f"RandomScaling needs 0 < low <= high, got low={low}, high={high}")
+            raise WeightspaceError(f"RandomScaling needs 0 < low <= high, got low={low}, high={high}")
         self.low = float(low)
         self.high = float(high)
 
@@ -221,7 +222,7 @@ class RandomSignFlip(WeightTransform):
 
     def __init__(self, p: float = 0.5) -> None:
         if not 0.0 <= p <= 1.0:
-            raise ValueError(f"RandomSignFlip needs 0 <= p <= 1, got p={p}")
+            raise WeightspaceError(f"RandomSignFlip needs 0 <= p <= 1, got p={p}")
         self.p = float(p)
 
     def forward(self, params, spec, generator):
@@ -283,9 +284,9 @@ class SirenBiasShift(WeightTransform):
             w0 = float(w0)
             values = [w0]
         if not all(v > 0 and math.isfinite(v) for v in values):
-            raise ValueError(f"SirenBiasShift needs positive, finite w0, got {w0}")
+            raise WeightspaceError(f"SirenBiasShift needs positive, finite w0, got {w0}")
         if int(max_periods) != max_periods or max_periods < 1:
-            raise ValueError(f"SirenBiasShift needs an integer max_periods >= 1, got {max_periods}")
+            raise WeightspaceError(f"SirenBiasShift needs an integer max_periods >= 1, got {max_periods}")
         self.w0 = w0
         self.max_periods = int(max_periods)
         self.half_periods = bool(half_periods)
@@ -315,7 +316,7 @@ class SirenBiasShift(WeightTransform):
         missing = [n for n in spaces if n not in self.w0]
         extra = [n for n in self.w0 if n not in spaces]
         if missing or extra:
-            raise ValueError(
+            raise WeightspaceError(
                 f"SirenBiasShift w0 mapping must name exactly the sine spaces with a bias "
                 f"{list(spaces)}; missing {missing}, not sine spaces {extra}"
             )
@@ -324,7 +325,7 @@ class SirenBiasShift(WeightTransform):
     def forward(self, params, spec, generator):
         targets = self._sine_biases(spec)
         if not targets:
-            raise ValueError(
+            raise WeightspaceError(
                 f"SirenBiasShift needs a hidden space with a sine activation and a bias; "
                 f"the spec's hidden spaces have activations: {_activations(spec)}"
             )
@@ -378,7 +379,7 @@ class GaussianNoise(WeightTransform):
 
     def __init__(self, std: float = 0.01, relative: bool = False) -> None:
         if not (std >= 0 and math.isfinite(std)):
-            raise ValueError(f"GaussianNoise needs a finite std >= 0, got std={std}")
+            raise WeightspaceError(f"GaussianNoise needs a finite std >= 0, got std={std}")
         self.std = float(std)
         self.relative = bool(relative)
 
@@ -424,7 +425,7 @@ class WeightDropout(WeightTransform):
 
     def __init__(self, p: float = 0.1, rescale: bool = True) -> None:
         if not 0.0 <= p < 1.0:
-            raise ValueError(f"WeightDropout needs 0 <= p < 1, got p={p}")
+            raise WeightspaceError(f"WeightDropout needs 0 <= p < 1, got p={p}")
         self.p = float(p)
         self.rescale = bool(rescale)
 
@@ -507,7 +508,7 @@ class RandomApply(WeightTransform):
         if not callable(transform):
             raise TypeError(f"RandomApply expects a transform, got a {type(transform).__name__}")
         if not 0.0 <= p <= 1.0:
-            raise ValueError(f"RandomApply needs 0 <= p <= 1, got p={p}")
+            raise WeightspaceError(f"RandomApply needs 0 <= p <= 1, got p={p}")
         self.transform = transform
         self.p = float(p)
 
