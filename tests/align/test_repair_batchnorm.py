@@ -10,27 +10,16 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import weightspace
-from tests.trained import digits_classifiers, merged_model
 from weightspace.align import activation_stats, repair, repair_points, reset_batchnorm
 from weightspace.classify import evaluate
-from weightspace.data import load_digits_split
+from weightspace.merge import interpolate
 from weightspace.models import MLP, VGG, SmallCNN, build_model, default_input_shape, resnet20
 
 
-@pytest.fixture(scope="module")
-def digits_flat():
-    return load_digits_split(flat=True)
-
-
-@pytest.fixture(scope="module")
-def digits_images():
-    return load_digits_split()
-
-
-@pytest.fixture(scope="module")
-def trained_mlps():
-    """Two MLPs trained from different initialisations (not aligned)."""
-    return digits_classifiers()
+def merged_model(factory, a, b, lam):
+    model = factory()
+    model.load_state_dict(interpolate(a.state_dict(), b.state_dict(), lam))
+    return model.eval()
 
 
 # ----------------------------------------------------------------------------- BN reset

@@ -6,29 +6,11 @@ import matplotlib
 import pytest
 import torch
 
-from tests.trained import digits_classifiers
 from weightspace.classify import evaluate
-from weightspace.data import load_digits_split
 from weightspace.merge import barrier, interpolation_path, plot_barrier
 from weightspace.models import MLP, VGG
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def digits_flat():
-    return load_digits_split(flat=True)
-
-
-@pytest.fixture(scope="module")
-def digits_images():
-    return load_digits_split()
-
-
-@pytest.fixture(scope="module")
-def trained_mlps():
-    """Two MLPs trained from different initialisations (not aligned)."""
-    return digits_classifiers()
 
 
 def test_path_endpoints_are_the_models_and_barrier_with_itself_is_zero(trained_mlps,
