@@ -260,7 +260,7 @@ class Capture:
     """
 
     def __init__(self, sites: Sequence[ActivationSite], record: str, stop_early: bool) -> None:
-        self.sites = tuple(sites)
+        self.sites = tuple(dict.fromkeys(sites))  # a site listed twice is hooked once
         self.record = record
         self.stop_early = stop_early
         self.values: dict[ActivationSite, list[Any]] = {s: [] for s in self.sites}

@@ -195,7 +195,8 @@ class _Statistics:
 
 def _forward_features(seen: Capture, model: nn.Module, state: Mapping[str, Tensor],
                       batch: Tensor) -> dict[ActivationSite, Tensor]:
-    """The hooked value of every site for ``model`` with ``state`` on ``batch``."""
+    """The hooked value of every site for ``model`` with ``state`` on ``batch``
+    (the last call's, for a module that runs more than once)."""
     seen.clear()
     functional_call(model, dict(state), (batch,))
     seen.check_all_seen("activation matching")
@@ -225,8 +226,8 @@ def _space_cost(moments: CrossMoments, cost: str) -> Tensor:
     return moments.inner() if cost == "inner" else moments.correlation()
 
 
-def _solve_spaces(spec: WeightSpaceSpec, stats: _Statistics, cost: str,
-                  tie_break: float) -> tuple[dict[str, Tensor], float]:
+def _solve_spaces(spec: WeightSpaceSpec, stats: _Statistics,
+                  cost: str) -> tuple[dict[str, Tensor], float]:
     """One assignment per matched space: ``(permutations, objective)``; the
     objective sums the matched post-activation cost entries."""
     perms = {s.name: torch.arange(s.size) for s in spec.permutable_spaces}
@@ -235,7 +236,10 @@ def _solve_spaces(spec: WeightSpaceSpec, stats: _Statistics, cost: str,
         if s.name not in stats.post:
             continue
         c = _space_cost(stats.post[s.name], cost)
-        solve = c if s.name not in stats.pre else c + tie_break * _space_cost(stats.pre[s.name], cost)
+        if s.name in stats.pre:
+            solve = c + stats.tie_break * _space_cost(stats.pre[s.name], cost)
+        else:
+            solve = c
         if not bool(torch.isfinite(solve).all()):
             raise WeightspaceError(f"activation matching: the activations of space {s.name!r} "
                                    f"are not finite (NaN/inf weights or inputs?)",
@@ -308,7 +312,7 @@ def activation_matching(
     stats = _Statistics(spec, sites, _nonlinearities(spec, sites), tie_break, device)
     _collect_statistics(model, state_a, state_b, stats,
                         _batches(inputs, batch_size, max_samples, seed))
-    perms, objective = _solve_spaces(spec, stats, cost, tie_break)
+    perms, objective = _solve_spaces(spec, stats, cost)
     return WeightMatchingResult(
         permutation=Permutation(perms),
         sweeps=1,
