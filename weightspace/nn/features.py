@@ -76,19 +76,13 @@ class WeightSpaceFeatures:
     @classmethod
     def from_layers(cls, tensors: Sequence[Tensor]) -> WeightSpaceFeatures:
         """From ``weight_0, bias_0, weight_1, bias_1, ...`` (inverse of iterating)."""
-        if len(tensors) % 2:
-            raise WeightspaceError(
-                f"expected a weight and a bias per layer, got {len(tensors)} tensors",
-                parameter="tensors")
+        tensors = _weight_and_bias_per_layer(tensors)
         return cls(tuple(tensors[0::2]), tuple(tensors[1::2]))
 
     @classmethod
     def from_pieces(cls, tensors: Sequence[Tensor]) -> WeightSpaceFeatures:
         """From every weight, then every bias (inverse of :meth:`pieces`)."""
-        if len(tensors) % 2:
-            raise WeightspaceError(
-                f"expected as many biases as weights, got {len(tensors)} tensors",
-                parameter="tensors")
+        tensors = _weight_and_bias_per_layer(tensors)
         half = len(tensors) // 2
         return cls(tuple(tensors[:half]), tuple(tensors[half:]))
 
@@ -111,6 +105,15 @@ class WeightSpaceFeatures:
         a dtype cast ...)."""
         return WeightSpaceFeatures(tuple(fn(w) for w in self.weights),
                                    tuple(fn(b) for b in self.biases))
+
+
+def _weight_and_bias_per_layer(tensors: Sequence[Tensor]) -> Sequence[Tensor]:
+    """``tensors``, checked to hold a weight and a bias for every layer."""
+    if len(tensors) % 2:
+        raise WeightspaceError(
+            f"expected a weight and a bias per layer (an even number of tensors), got "
+            f"{len(tensors)} tensors", parameter="tensors")
+    return tensors
 
 
 __all__ = ["WeightSpaceFeatures"]
