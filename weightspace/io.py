@@ -20,19 +20,19 @@ destination, synced to disk and then renamed over the destination, so an
 interrupted save never leaves a truncated checkpoint that a later run would
 try to read. What a crash leaves behind:
 
-===========================  ================================================
-crash (kill, power loss) ...  the destination then holds
-===========================  ================================================
-before the rename            its old content (or nothing, if it did not
-                             exist); a hidden ``.NAME.XXXXXXXX.tmp`` sibling
-                             may be left over, safe to delete and ignored by
-                             :func:`expand_checkpoint_paths`
-after the rename             the complete new content: it was ``fsync``-ed
-                             before the rename, and the directory is
-                             ``fsync``-ed after it so the rename itself
-                             survives a power loss (best effort on platforms
-                             that cannot sync a directory, such as Windows)
-===========================  ================================================
+==============================  ================================================
+crash (kill, power loss) ...    the destination then holds
+==============================  ================================================
+before the rename               its old content (or nothing, if it did not
+                                exist); a hidden ``.NAME.XXXXXXXX.tmp`` sibling
+                                may be left over, safe to delete and ignored by
+                                :func:`expand_checkpoint_paths`
+after the rename                the complete new content: it was ``fsync``-ed
+                                before the rename, and the directory is
+                                ``fsync``-ed after it so the rename itself
+                                survives a power loss (best effort on platforms
+                                that cannot sync a directory, such as Windows)
+==============================  ================================================
 
 Never a mix of the two: the rename (:func:`os.replace` within one directory,
 so within one file system) is atomic.
@@ -289,6 +289,8 @@ def _temporary_sibling(target: Path) -> Path:
 
 
 def _fsync_file(path: Path) -> None:
+    """Put ``path``'s content on disk before it is renamed into place (a
+    rename can reach the disk before the data it points to)."""
     with open(path, "rb+") as handle:
         os.fsync(handle.fileno())
 

@@ -151,7 +151,7 @@ class GraphTemplate:
         grid = own_grid if kernel_grid is None else tuple(int(k) for k in kernel_grid)
         if len(grid) < len(own_grid):
             raise SpecError(f"kernel_grid {list(grid)} has fewer axes than the architecture's "
-                            f"kernels {list(own_grid)}")
+                            f"kernels {list(own_grid)}", parameter="kernel_grid")
         self.kernel_grid = grid
         grid_numel = math.prod(grid) if grid else 1
         max_block, max_node = _spec_widths(spec)
@@ -159,10 +159,11 @@ class GraphTemplate:
         self.node_dim = int(node_dim) if node_dim is not None else max_node
         if self.edge_dim < max(grid_numel, max_block):
             raise SpecError(f"edge_dim={self.edge_dim} is smaller than the kernel grid "
-                            f"({grid_numel}) or the largest flatten block ({max_block})")
+                            f"({grid_numel}) or the largest flatten block ({max_block})",
+                            parameter="edge_dim")
         if self.node_dim < max_node:
             raise SpecError(f"node_dim={self.node_dim} is smaller than the largest per-neuron "
-                            f"parameter block ({max_node})")
+                            f"parameter block ({max_node})", parameter="node_dim")
         # where a scalar weight sits: the centre of the kernel grid
         self.centre = 0
         stride = 1
@@ -382,7 +383,7 @@ class GraphTemplate:
         if params.dim() != 2 or params.shape[1] != self.spec.num_parameters:
             raise StateDictMismatchError(
                 f"expected flat parameters of shape [B, {self.spec.num_parameters}] for this "
-                f"architecture, got {list(params.shape)}"
+                f"architecture, got {list(params.shape)}", parameter="params"
             )
         if not params.is_floating_point():
             params = params.to(self.spec.dtype)
@@ -416,7 +417,8 @@ class GraphTemplate:
         """One checkpoint's flat vector ``[P]`` -> a graph."""
         params = self._check_params(params)
         if params.shape[0] != 1:
-            raise StateDictMismatchError("to_data takes one flat vector; use to_batch for several")
+            raise StateDictMismatchError("to_data takes one flat vector; use to_batch for several",
+                                         parameter="params")
         x, edge_attr, scalars = self._values(params)
         device = params.device
         data = Data(
@@ -475,14 +477,15 @@ class GraphTemplate:
             if got != shape:
                 raise StateDictMismatchError(
                     f"graph attribute {key!r} has shape {list(got)}, this architecture's "
-                    f"template expects {list(shape)}; is the graph of a different architecture?"
-                )
+                    f"template expects {list(shape)}; is the graph of a different architecture?",
+                    parameter="batch")
         scalars = getattr(batch, "scalars", None)
         if scalars is None:
             scalars = batch.x.new_zeros(0)
         if scalars.numel() != b * s:
             raise StateDictMismatchError(
-                f"graph attribute 'scalars' has {scalars.numel()} values, expected {b * s}")
+                f"graph attribute 'scalars' has {scalars.numel()} values, expected {b * s}",
+                parameter="batch")
         out = batch.x.new_empty(b, self.spec.num_parameters)
         for part, values in (("x", batch.x), ("edge_attr", batch.edge_attr), ("scalars", scalars)):
             info = self._parts[part]
