@@ -62,9 +62,11 @@ def build_metanetwork(name: str, template: GraphTemplate, out_dim: int,
         raise ValueError(f"cannot build {name!r} with {kwargs}: {exc}; its arguments are {accepted}") from exc
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Trainable parameters of ``model``."""
+def count_trainable_parameters(model: nn.Module) -> int:
+    """Trainable values of a module (entries of its parameters that require
+    a gradient), e.g. a metanetwork's size; for the values of an
+    architecture from its spec, see :func:`weightspace.prune.count_spec_parameters`."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["METANETWORKS", "build_metanetwork", "count_parameters", "is_graph_model", "metanetwork_class"]
+__all__ = ["METANETWORKS", "build_metanetwork", "count_trainable_parameters", "is_graph_model", "metanetwork_class"]

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from weightspace.graph.template import GraphTemplate
 from weightspace.io import atomic_output_path, atomic_write
 from weightspace.nn.base import as_parameters
-from weightspace.nn.registry import build_metanetwork, count_parameters, is_graph_model
+from weightspace.nn.registry import build_metanetwork, count_trainable_parameters, is_graph_model
 from weightspace.train.config import TrainConfig, save_config
 from weightspace.train.distributed import Distributed, setup_distributed, teardown_distributed
 from weightspace.train.inr import EditTargets, edit_targets, render
@@ -321,7 +321,7 @@ class Trainer:
         if fit is not None:
             sample = self.train_set.batch(np.arange(min(len(self.train_set), 512))).to(self.device)
             fit(sample)
-        self.num_parameters = count_parameters(self.model)
+        self.num_parameters = count_trainable_parameters(self.model)
         self.net: nn.Module = self.model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
