@@ -9,7 +9,7 @@ import json
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from weightspace.cli import _progress
+    from weightspace.cli import CLIError, _progress
     from weightspace.train import load_config, train_metanetwork
 
     values = {k: v for k, v in (("zoo", args.zoo), ("model", args.model), ("task", args.task),
@@ -20,7 +20,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     values["progress"] = _progress(args)
     config = load_config(args.config, overrides=args.overrides, **values)
     if not config.zoo:
-        raise ValueError("no zoo: give --zoo FILE.h5 or zoo: in the config")
+        raise CLIError("no zoo: give --zoo FILE.h5 or zoo: in the config")
     result = train_metanetwork(config)
     if not _is_main():
         return 0
