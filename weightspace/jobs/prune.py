@@ -33,7 +33,8 @@ from weightspace.io import save_state_dict
 from weightspace.jobs.checkpoints import load_checked, load_data
 from weightspace.jobs.report import report_dict
 from weightspace.prune.cost import model_cost
-from weightspace.prune.magnitude import MaskHandle, attach_masks, magnitude_masks
+from weightspace.prune.magnitude import SCOPES as WEIGHT_SCOPES
+from weightspace.prune.magnitude import MaskHandle, attach_masks, check_sparsity, magnitude_masks
 from weightspace.prune.meta import MetaPruner, load_meta_pruner
 from weightspace.prune.structured import (
     PruneError,
@@ -52,6 +53,10 @@ logger = logging.getLogger(__name__)
 #: loss change; ``meta``: a trained metanetwork rewrites the network first,
 #: then magnitude; ``random``: the control.
 PRUNE_METHODS = ("magnitude", "taylor", "meta", "random")
+
+#: Where neurons compete when pruning structurally: within each ``"space"``
+#: (the same fraction of every space) or across all of them (``"global"``).
+NEURON_SCOPES = ("space", "global")
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,16 @@ class PruneOptions:
         if self.speedup is not None and not self.structured:
             raise PruneError("speedup needs structured=True: zeroing single weights does not "
                              "make a dense model faster", parameter="speedup")
+        if self.sparsity is not None and not self.structured:
+            try:
+                check_sparsity(self.sparsity)
+            except (TypeError, ValueError) as err:
+                raise PruneError(str(err), parameter="sparsity") from err
+        scopes = NEURON_SCOPES if self.structured else WEIGHT_SCOPES
+        if self.scope is not None and self.scope not in scopes:
+            kind = "structured" if self.structured else "unstructured"
+            raise PruneError(f"scope {self.scope!r} is not a scope of {kind} pruning; choose "
+                             f"one of {', '.join(scopes)}", parameter="scope")
         if self.finetune_epochs < 0:
             raise PruneError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}",
                              parameter="finetune_epochs")
@@ -356,5 +371,5 @@ def prune_checkpoint(checkpoint: str | os.PathLike[str], model: nn.Module, spec:
         pruned_sizes=outcome.pruned_sizes)
 
 
-__all__ = ["PRUNE_METHODS", "PruneOptions", "PruneOutcome", "PruneReport", "data_batches",
+__all__ = ["NEURON_SCOPES", "PRUNE_METHODS", "PruneOptions", "PruneOutcome", "PruneReport", "data_batches",
            "prune_checkpoint", "prune_model"]
