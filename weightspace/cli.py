@@ -24,7 +24,6 @@ PARAMETER_FLAGS: dict[str, str] = {
     "align": "--align",
     "base": "--base",
     "batch_size": "--batch-size",
-    "checkpoint": "CHECKPOINT",
     "config": "--config",
     "data": "--data",
     "epochs": "--epochs",
