@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.jobs.conftest import MODEL_ARGS, as_json, mlp
+from tests.prune.common import build_tiny_cnn_zoo
 from weightspace.classify import load_split
 from weightspace.cli import main
 from weightspace.io import load_metadata
@@ -25,7 +26,6 @@ from weightspace.jobs import (
 )
 from weightspace.prune import PruneError, load_pruned
 from weightspace.prune.meta import load_meta_pruner, training_notes
-from weightspace.zoo import open_zoo
 
 
 @pytest.mark.parametrize("options_class", [PruneOptions, MetaPrunerOptions])
@@ -96,15 +96,8 @@ def test_prune_model_without_data_names_data():
 
 @pytest.fixture(scope="module")
 def tiny_zoo(tmp_path_factory):
-    """The tiny digits-cnn zoo and its largest group."""
-    path = tmp_path_factory.mktemp("zoo") / "cnn-tiny.h5"
-    assert main(["zoo", "build", "digits-cnn", "-o", str(path), "--size", "tiny", "-q"]) == 0
-    zoo = open_zoo(path)
-    try:
-        group = max(zoo.groups, key=lambda g: len(zoo.select(group=g, last_checkpoint=True)))
-    finally:
-        zoo.close()
-    return path, group
+    """The tiny digits-cnn zoo (4 runs, a few seconds) and its largest group."""
+    return build_tiny_cnn_zoo(tmp_path_factory.mktemp("zoo"))
 
 
 def test_meta_pruner_job_report_and_cli_json(tiny_zoo, tmp_path, cli_json):
