@@ -14,17 +14,21 @@ the CLI maps parameter names to its flags.
 The algorithm packages stay free of files, data sets and YAML: ``merge`` and
 ``prune`` take state dicts and modules; the jobs are what open files.
 
-=============================  ==================================  ====================
-job                            what it does                        report
-=============================  ==================================  ====================
-:func:`align_checkpoints`      permute checkpoint B into A's frame :class:`AlignReport`
-:func:`merge_checkpoints`      align, merge, BN reset / REPAIR     :class:`MergeReport`
-:func:`merge_from_config`      the same from a mergekit-style YAML :class:`MergeReport`
-:func:`interpolate_checkpoints` loss barrier, naive and aligned    :class:`InterpolationReport`
-:func:`prune_checkpoint`       prune, fine-tune, measure, save     :class:`PruneReport`
-:func:`train_meta_pruner`      meta-train a pruner on a zoo        :class:`MetaPrunerReport`
-:func:`run_demo`               the main job end to end             :class:`DemoReport`
-=============================  ==================================  ====================
+===============================  ===================================  ============================
+job                              what it does                         report
+===============================  ===================================  ============================
+:func:`align_checkpoints`        permute checkpoint B into A's frame  :class:`AlignReport`
+:func:`merge_checkpoints`        align, merge, BN reset / REPAIR      :class:`MergeReport`
+:func:`merge_from_config`        the same from a mergekit-style YAML  :class:`MergeReport`
+:func:`interpolate_checkpoints`  loss barrier, naive and aligned      :class:`InterpolationReport`
+:func:`prune_checkpoint`         prune, fine-tune, measure, save      :class:`PruneReport`
+:func:`train_meta_pruner`        meta-train a pruner on a zoo         :class:`MetaPrunerReport`
+:func:`run_demo`                 the main job end to end              :class:`DemoReport`
+===============================  ===================================  ============================
+
+:func:`prune_model` is the prune job in memory (a module in, a
+:class:`PruneOutcome` out), and :func:`load_checked` the checkpoint check
+every job starts with.
 
 The jobs with many settings take one frozen options dataclass
 (:class:`PruneOptions`, :class:`MetaPrunerOptions`; every field has a default

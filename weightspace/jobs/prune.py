@@ -371,5 +371,5 @@ def prune_checkpoint(checkpoint: str | os.PathLike[str], model: nn.Module, spec:
         pruned_sizes=outcome.pruned_sizes)
 
 
-__all__ = ["NEURON_SCOPES", "PRUNE_METHODS", "PruneOptions", "PruneOutcome", "PruneReport", "data_batches",
-           "prune_checkpoint", "prune_model"]
+__all__ = ["NEURON_SCOPES", "PRUNE_METHODS", "PruneOptions", "PruneOutcome", "PruneReport",
+           "data_batches", "prune_checkpoint", "prune_model"]
