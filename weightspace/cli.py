@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Collection, Sequence
 
 EXIT_BAD_INPUT = 1
 
@@ -54,12 +55,35 @@ PARAMETER_FLAGS: dict[str, str] = {
 }
 
 
-def error_line(err: BaseException) -> str:
+def error_line(err: BaseException, flags: Collection[str] | None = None) -> str:
     """The first line of ``err``'s message, after the flag of the parameter it
-    names (argparse's ``argument --flag: ...`` form) when the table has one."""
+    names (argparse's ``argument --flag: ...`` form) when the table has one.
+
+    Args:
+        err: the error.
+        flags: the flags and positional names of the verb that ran; a
+            parameter's flag is shown only when the verb has it (``None``:
+            always).
+    """
     message = str(err).splitlines()[0] if str(err) else type(err).__name__
     flag = PARAMETER_FLAGS.get(getattr(err, "parameter", None) or "")
-    return f"argument {flag}: {message}" if flag else message
+    if flag is None or (flags is not None and flag not in flags):
+        return message
+    return f"argument {flag}: {message}"
+
+
+def verb_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> set[str]:
+    """The option strings and positional metavars of the (sub)command that
+    ``names`` (e.g. ``["zoo", "build"]``) selects in ``parser``."""
+    for name in names:
+        commands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not commands or name not in commands[0].choices:
+            break
+        parser = commands[0].choices[name]
+    flags: set[str] = set()
+    for action in parser._actions:
+        flags.update(action.option_strings or [action.metavar or action.dest])
+    return flags
 
 
 def _model_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -289,8 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (CLIError, WeightspaceError, FileNotFoundError) as err:
-        verb = " ".join(filter(None, [args.command, getattr(args, "zoo_command", None)]))
-        print(f"weightspace {verb}: error: {error_line(err)}", file=sys.stderr)
+        names = [n for n in (args.command, getattr(args, "zoo_command", None)) if n]
+        line = error_line(err, verb_flags(parser, names))
+        print(f"weightspace {' '.join(names)}: error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

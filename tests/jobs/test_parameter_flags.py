@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 import weightspace.jobs
-from weightspace.cli import PARAMETER_FLAGS, build_parser, error_line
+from weightspace.cli import PARAMETER_FLAGS, build_parser, error_line, verb_flags
 from weightspace.errors import WeightspaceError
 
 JOBS = Path(weightspace.jobs.__file__).parent
@@ -32,18 +32,19 @@ def test_every_parameter_a_job_names_has_a_flag():
 
 def test_every_flag_of_the_table_exists():
     parser = build_parser()
-    options, metavars = set(), set()
-    stack = [parser]
-    while stack:
-        p = stack.pop()
-        for action in p._actions:
-            options.update(action.option_strings)
-            if not action.option_strings and action.metavar:
-                metavars.add(action.metavar)
-            stack.extend(getattr(action, "choices", None).values()
-                         if isinstance(getattr(action, "choices", None), dict) else ())
+    verbs = ["align", "merge", "interpolate", "prune", "train-pruner", "train"]
+    flags = set().union(*(verb_flags(parser, [verb]) for verb in verbs))
     for parameter, flag in PARAMETER_FLAGS.items():
-        assert flag in options or flag in metavars, (parameter, flag)
+        assert flag in flags, (parameter, flag)
+
+
+def test_verb_flags():
+    parser = build_parser()
+    assert {"--sparsity", "--speedup", "--structured", "checkpoint"} <= \
+        verb_flags(parser, ["prune"])
+    assert "CHECKPOINT" in verb_flags(parser, ["merge"])
+    assert "--shard" in verb_flags(parser, ["zoo", "build"])
+    assert "--sparsity" not in verb_flags(parser, ["align"])
 
 
 def test_error_line_shows_the_flag():
@@ -51,3 +52,6 @@ def test_error_line_shows_the_flag():
     assert error_line(err) == "argument --data: align='activation' needs data"
     assert error_line(WeightspaceError("no parameter")) == "no parameter"
     assert error_line(WeightspaceError("unknown one", parameter="colour")) == "unknown one"
+    # a verb without the flag shows the message alone
+    assert error_line(err, {"--sparsity"}) == "align='activation' needs data"
+    assert error_line(err, {"--data"}) == "argument --data: align='activation' needs data"
