@@ -101,14 +101,8 @@ def _spec_from_args(args: argparse.Namespace):
     from weightspace.models.resolve import parse_input_shape, parse_model_args, resolve_model
     from weightspace.spec import trace
 
-    try:
-        module, default_shape = resolve_model(args.model, parse_model_args(args.model_args))
-        shape = parse_input_shape(args.input_shape) if args.input_shape else None
-    except ValueError as err:
-        # --model, --model-args and --input-shape are parsed by models.resolve, whose
-        # messages name these flags; a model factory rejecting its arguments is bad input too
-        raise CLIError(str(err)) from err
-    shape = shape or default_shape
+    module, default_shape = resolve_model(args.model, parse_model_args(args.model_args))
+    shape = parse_input_shape(args.input_shape) if args.input_shape else default_shape
     if shape is None:
         raise CLIError(f"--input-shape is required for --model {args.model!r} "
                        f"(e.g. --input-shape 1,3,32,32)")

@@ -21,11 +21,11 @@ from typing import Any
 from torch import nn
 
 from weightspace.align import activation_matching, weight_matching
+from weightspace.align.batchnorm import batchnorm_modules
 from weightspace.io import atomic_write
 from weightspace.jobs.checkpoints import load_checked, load_data
 from weightspace.jobs.report import report_dict
 from weightspace.merge.barrier import barrier, interpolation_path, plot_barrier
-from weightspace.merge.batchnorm import batchnorm_modules
 from weightspace.spec import WeightSpaceSpec
 
 

@@ -24,16 +24,16 @@ import yaml
 from torch import Tensor, nn
 
 from weightspace.align import merge_many
+from weightspace.align.batchnorm import batchnorm_modules, reset_batchnorm
+from weightspace.align.repair import repair as repair_merged
 from weightspace.data import Split
 from weightspace.errors import WeightspaceError
 from weightspace.io import atomic_write, save_state_dict
 from weightspace.jobs.align import check_matching_method, match
 from weightspace.jobs.checkpoints import load_checked, load_data, score_state
 from weightspace.jobs.report import report_dict
-from weightspace.merge.batchnorm import batchnorm_modules, reset_batchnorm
 from weightspace.merge.config import ALIGN_METHODS, MergeConfig, MergeConfigError, load_merge_config
 from weightspace.merge.methods import merge
-from weightspace.merge.repair import repair as repair_merged
 from weightspace.spec import WeightSpaceSpec, trace
 
 

@@ -19,11 +19,13 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from weightspace.activations import Inputs, input_batches, module_device
+from weightspace.align.batchnorm import reset_batchnorm
+from weightspace.align.repair import apply_repair, endpoint_statistics, repair_points
 from weightspace.classify import evaluate
+from weightspace.errors import WeightspaceError
 from weightspace.io import atomic_output_path
-from weightspace.merge.batchnorm import Inputs, input_batches, module_device, reset_batchnorm
 from weightspace.merge.methods import interpolate
-from weightspace.merge.repair import _correct, _endpoint_stats, repair_points
 from weightspace.spec.containers import WeightSpaceSpec
 
 logger = logging.getLogger(__name__)
@@ -44,8 +46,8 @@ def interpolation_path(model: nn.Module, state_a: Mapping[str, Tensor],
     the merged model can be corrected before evaluation:
 
     * ``batchnorm_reset_inputs``: re-estimate BatchNorm statistics
-      (:func:`~weightspace.merge.reset_batchnorm`) on these inputs;
-    * ``repair_inputs``: REPAIR (:func:`~weightspace.merge.repair`) with the
+      (:func:`~weightspace.align.reset_batchnorm`) on these inputs;
+    * ``repair_inputs``: REPAIR (:func:`~weightspace.align.repair`) with the
       endpoint statistics measured once on these inputs (traced from
       ``model`` when ``spec`` is not given). REPAIR re-estimates BatchNorm
       statistics itself; when both are given the BN reset runs first.
@@ -61,9 +63,9 @@ def interpolation_path(model: nn.Module, state_a: Mapping[str, Tensor],
         One ``{"lam", "loss", "accuracy"}`` dict per λ, in increasing λ.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
-        raise ValueError(f"steps must be an integer >= 2, got {steps!r}")
+        raise WeightspaceError(f"steps must be an integer >= 2, got {steps!r}")
     if len(inputs) != len(targets) or len(targets) == 0:
-        raise ValueError(f"inputs ({len(inputs)} samples) and targets ({len(targets)}) must be "
+        raise WeightspaceError(f"inputs ({len(inputs)} samples) and targets ({len(targets)}) must be "
                          f"non-empty and of the same length")
     work = copy.deepcopy(model)
     if spec is not None:
@@ -79,7 +81,7 @@ def interpolation_path(model: nn.Module, state_a: Mapping[str, Tensor],
         model_a.load_state_dict(dict(state_a))
         model_b.load_state_dict(dict(state_b))
         points = repair_points(work, spec)
-        endpoints = _endpoint_stats(model_a, model_b, points, repair_batches)
+        endpoints = endpoint_statistics(model_a, model_b, points, repair_batches)
         del model_a, model_b
     device = module_device(work)
     if device is not None:
@@ -94,7 +96,7 @@ def interpolation_path(model: nn.Module, state_a: Mapping[str, Tensor],
             if bn_batches is not None:
                 reset_batchnorm(work, bn_batches)
             if repair_batches is not None:
-                _correct(work, points, endpoints, lam, repair_batches, reset_batchnorm=True)
+                apply_repair(work, points, endpoints, lam, repair_batches, reset_batchnorm=True)
         loss, accuracy = evaluate(work, inputs, targets)
         path.append({"lam": lam, "loss": loss, "accuracy": accuracy})
         logger.debug("interpolation λ=%.3f: loss %.4f, accuracy %.4f", lam, loss, accuracy)
@@ -103,14 +105,14 @@ def interpolation_path(model: nn.Module, state_a: Mapping[str, Tensor],
 
 def _check_path(path: Sequence[Mapping[str, float]], label: str = "path") -> None:
     if len(path) < 2:
-        raise ValueError(f"{label} needs at least 2 points, got {len(path)}")
+        raise WeightspaceError(f"{label} needs at least 2 points, got {len(path)}")
     for point in path:
         for field in ("lam", "loss", "accuracy"):
             if field not in point:
-                raise ValueError(f"{label}: a point has no {field!r} (got {sorted(point)})")
+                raise WeightspaceError(f"{label}: a point has no {field!r} (got {sorted(point)})")
     lams = [float(p["lam"]) for p in path]
     if lams[0] != 0.0 or lams[-1] != 1.0 or any(b <= a for a, b in zip(lams, lams[1:], strict=False)):
-        raise ValueError(f"{label}: λ must increase from 0 to 1, got {lams}")
+        raise WeightspaceError(f"{label}: λ must increase from 0 to 1, got {lams}")
 
 
 def barrier(path: Sequence[Mapping[str, float]]) -> dict[str, Any]:
@@ -165,7 +167,7 @@ def plot_barrier(curves: Mapping[str, Sequence[Mapping[str, float]]],
     from matplotlib.figure import Figure
 
     if not curves:
-        raise ValueError("plot_barrier needs at least one curve")
+        raise WeightspaceError("plot_barrier needs at least one curve")
     for label, path in curves.items():
         _check_path(path, f"curve {label!r}")
     fig = Figure(figsize=(10, 4), layout="constrained")
