@@ -9,12 +9,81 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Collection, Sequence
 
 EXIT_BAD_INPUT = 1
 
 
 class CLIError(Exception):
     """Bad input discovered by the CLI itself."""
+
+
+#: The library argument behind each flag (or positional argument). Library
+#: errors name the argument at fault (``WeightspaceError.parameter``) and never a
+#: flag; :func:`main` shows the flag from this one table.
+PARAMETER_FLAGS: dict[str, str] = {
+    "align": "--align",
+    "base": "--base",
+    "batch_size": "--batch-size",
+    "config": "--config",
+    "data": "--data",
+    "epochs": "--epochs",
+    "finetune_epochs": "--finetune-epochs",
+    "group": "--group",
+    "hidden": "--hidden",
+    "importance": "--importance",
+    "latency_batch": "--latency-batch",
+    "lr": "--lr",
+    "metanet": "--metanet",
+    "method": "--method",
+    "min_accuracy": "--min-accuracy",
+    "mode": "--mode",
+    "num_layers": "--layers",
+    "output": "--output",
+    "paths": "CHECKPOINT",
+    "repair": "--repair",
+    "scope": "--scope",
+    "seed": "--seed",
+    "sparsity": "--sparsity",
+    "sparsity_alpha": "--sparsity-alpha",
+    "sparsity_ramp": "--sparsity-ramp",
+    "sparsity_weight": "--sparsity-weight",
+    "speedup": "--speedup",
+    "steps": "--steps",
+    "structured": "--structured",
+    "weights": "--weights",
+}
+
+
+def error_line(err: BaseException, flags: Collection[str] | None = None) -> str:
+    """The first line of ``err``'s message, after the flag of the parameter it
+    names (argparse's ``argument --flag: ...`` form) when the table has one.
+
+    Args:
+        err: the error.
+        flags: the flags and positional names of the verb that ran; a
+            parameter's flag is shown only when the verb has it (``None``:
+            always).
+    """
+    message = str(err).splitlines()[0] if str(err) else type(err).__name__
+    flag = PARAMETER_FLAGS.get(getattr(err, "parameter", None) or "")
+    if flag is None or (flags is not None and flag not in flags):
+        return message
+    return f"argument {flag}: {message}"
+
+
+def verb_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> set[str]:
+    """The option strings and positional metavars of the (sub)command that
+    ``names`` (e.g. ``["zoo", "build"]``) selects in ``parser``."""
+    for name in names:
+        commands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not commands or name not in commands[0].choices:
+            break
+        parser = commands[0].choices[name]
+    flags: set[str] = set()
+    for action in parser._actions:
+        flags.update(action.option_strings or [action.metavar or action.dest])
+    return flags
 
 
 def _model_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -33,11 +102,8 @@ def _spec_from_args(args: argparse.Namespace):
     from weightspace.spec import trace
 
     module, default_shape = resolve_model(args.model, parse_model_args(args.model_args))
-    if args.input_shape:
-        shape = parse_input_shape(args.input_shape)
-    elif default_shape is not None:
-        shape = default_shape
-    else:
+    shape = parse_input_shape(args.input_shape) if args.input_shape else default_shape
+    if shape is None:
         raise CLIError(f"--input-shape is required for --model {args.model!r} "
                        f"(e.g. --input-shape 1,3,32,32)")
     return trace(module, shape)
@@ -107,47 +173,37 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from weightspace.demo import run_demo
     from weightspace.graph import graph_summary
+    from weightspace.jobs.demo import run_demo
     from weightspace.zoo.ops import format_info
 
     report = run_demo(args.workdir, recipe=args.recipe, size=args.size,
                       progress=_progress(args))
-    spec, template, batch = report["spec"], report["template"], report["batch"]
-    perm = report["permutation"]
-    merging = report["merging"]
-    aligned_barrier = merging["barriers"]["weight matching"]["loss_barrier"]
-    ok = report["round_trip_exact"] and perm["graph_relabelled"] and report["verified"] and \
-        perm["accuracy"] == perm["accuracy_permuted"] and \
-        aligned_barrier < merging["barriers"]["naive"]["loss_barrier"] and \
-        all(m["test"]["accuracy"] == m["test"]["accuracy"] for m in report["metanetworks"]["models"].values()) and \
-        all(r["after"]["accuracy"] > 0.5 for r in report["pruning"].values())
     if args.json:
-        out = {k: v for k, v in report.items() if k not in ("spec", "template", "batch")}
-        out["spec_hash"] = spec.hash
-        print(json.dumps(out, indent=2))
-        return 0 if ok else 1
-    build = report["build"]
-    print(f"== 1. weightspace zoo build {build['recipe']} --size {build['size']}: trained "
-          f"{build['jobs_run']} runs on scikit-learn digits, {build['rows_written']} checkpoints "
-          f"in {build['seconds']:.1f} s")
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0 if report.ok else 1
+    spec, template, batch = report.spec, report.template, report.batch
+    perm, build = report.permutation, report.build
+    print(f"== 1. weightspace zoo build {build.recipe} --size {build.size}: trained "
+          f"{build.jobs_run} runs on scikit-learn digits, {build.rows_written} checkpoints "
+          f"in {build.seconds:.1f} s")
     print("\n== 2. weightspace zoo info")
-    print(format_info(report["info"]))
-    print(f"   checksums verified: {report['verified']}")
-    print(f"\n== 3. the weight-space spec of group {report['group']!r}, traced from the module")
+    print(format_info(report.info))
+    print(f"   checksums verified: {report.verified}")
+    print(f"\n== 3. the weight-space spec of group {report.group!r}, traced from the module")
     print(spec.summary())
     print(f"\n== 4. weightspace convert: {batch.num_graphs} zoo rows -> one batched parameter "
-          f"graph ({report['convert_seconds'] * 1e3:.0f} ms)")
+          f"graph ({report.convert_seconds * 1e3:.0f} ms)")
     print(graph_summary(batch))
     print(f"\n   per graph: {template.num_nodes} nodes, {template.num_edges} edges, "
           f"edge_dim {template.edge_dim}")
-    print(f"   graph -> zoo row round trip exact for every row: {report['round_trip_exact']}")
-    print(f"\n== 5. symmetry: a random permutation of every hidden space of {perm['checkpoint']}")
-    print(f"   moves {perm['values_moved']} weight values; test accuracy {perm['accuracy']:.4f} "
-          f"(recorded in the zoo: {perm['recorded_accuracy']:.4f}) -> "
-          f"{perm['accuracy_permuted']:.4f}; graph = original with nodes relabelled: "
-          f"{perm['graph_relabelled']}")
-    merging = report["merging"]
+    print(f"   graph -> zoo row round trip exact for every row: {report.round_trip_exact}")
+    print(f"\n== 5. symmetry: a random permutation of every hidden space of {perm.checkpoint}")
+    print(f"   moves {perm.values_moved} weight values; test accuracy {perm.accuracy:.4f} "
+          f"(recorded in the zoo: {perm.recorded_accuracy:.4f}) -> "
+          f"{perm.accuracy_permuted:.4f}; graph = original with nodes relabelled: "
+          f"{perm.graph_relabelled}")
+    merging = report.merging
     scores = merging["scores"]
     print("\n== 6. weightspace align / merge / interpolate: two MLPs trained from seeds 0 and 1")
     print(f"   test accuracy: A {scores['model0_aligned']['accuracy']:.4f}, B "
@@ -157,7 +213,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for name, values in merging["barriers"].items():
         print(f"   {name:<18} loss barrier {values['loss_barrier']:.4f}, accuracy barrier "
               f"{100 * values['accuracy_barrier']:.1f} points")
-    meta = report["metanetworks"]
+    meta = report.metanetworks
     print(f"\n== 7. weightspace train: metanetworks classifying {meta['rows']} digit INRs "
           f"(SIREN 2-32-32-1, one per image)")
     for name, values in meta["models"].items():
@@ -165,23 +221,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"   {name:<7} test accuracy {values['test']['accuracy']:.3f} on {rows['test']} INRs "
               f"(trained on {rows['train']}; {values['parameters']:,} parameters, "
               f"{values['graphs_per_second']:.0f} graphs/s, {values['seconds']:.0f} s)")
-    pruning = report["pruning"]
+    pruning = report.pruning
     print(f"\n== 8. weightspace prune: model A (64-64-64-10 MLP), fine-tuned "
-          f"{pruning['structured']['finetune_epochs']} epochs after pruning")
-    before = pruning["structured"]["before"]
+          f"{pruning['structured'].finetune_epochs} epochs after pruning")
+    before = pruning["structured"].before
     print(f"   before             test accuracy {before['accuracy']:.4f}, "
           f"{before['parameters']:,} parameters, {before['macs']:,} MACs, "
           f"{before['latency_ms']:.2f} ms per batch of {before['batch_size']}")
     for label, key in (("structured (2x)", "structured"), ("80 % weights zero", "unstructured")):
-        after = pruning[key]["after"]
+        after = pruning[key].after
         print(f"   {label:<18} test accuracy {after['accuracy']:.4f}, "
               f"{after['nonzero']:,} non-zero parameters, {after['macs']:,} MACs, "
               f"{after['latency_ms']:.2f} ms")
-    if report["zoo"]:
-        print(f"\nzoo in {report['zoo']}, graphs in {report['graph_file']}, barrier plot in "
-              f"{merging['plot']}, metanetwork runs in {report['workdir']}/digits-inr-*/")
-    print("\ndemo OK" if ok else "\ndemo FAILED")
-    return 0 if ok else 1
+    if report.zoo:
+        print(f"\nzoo in {report.zoo}, graphs in {report.graph_file}, barrier plot in "
+              f"{merging['plot']}, metanetwork runs in {report.workdir}/digits-inr-*/")
+    print("\ndemo OK" if report.ok else "\ndemo FAILED")
+    return 0 if report.ok else 1
 
 
 # ------------------------------------------------------------------ parser
@@ -246,15 +302,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from weightspace.io import CheckpointError
-    from weightspace.spec.errors import SpecError
+    from weightspace.errors import WeightspaceError
 
     try:
         return int(args.func(args) or 0)
-    except (CLIError, SpecError, CheckpointError, ValueError, FileNotFoundError) as err:
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        verb = " ".join(filter(None, [args.command, getattr(args, "zoo_command", None)]))
-        print(f"weightspace {verb}: error: {message}", file=sys.stderr)
+    except (CLIError, WeightspaceError, FileNotFoundError) as err:
+        names = [n for n in (args.command, getattr(args, "zoo_command", None)) if n]
+        line = error_line(err, verb_flags(parser, names))
+        print(f"weightspace {' '.join(names)}: error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

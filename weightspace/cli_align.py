@@ -1,5 +1,5 @@
 """``weightspace align``, ``merge`` and ``interpolate``: each verb is one call
-into :mod:`weightspace.merge.pipeline` plus printing."""
+into :mod:`weightspace.jobs` plus printing."""
 
 from __future__ import annotations
 
@@ -16,58 +16,42 @@ def _spec(args: argparse.Namespace):
     return model, spec
 
 
-def _scores_lines(report: dict) -> list[str]:
+def _scores_lines(scores: dict | None) -> list[str]:
     return [f"  {name:<16} test loss {s['loss']:.4f}  accuracy {s['accuracy']:.4f}"
-            for name, s in report.get("scores", {}).items()]
+            for name, s in (scores or {}).items()]
 
 
 def cmd_align(args: argparse.Namespace) -> int:
-    from weightspace.merge.pipeline import align_checkpoints
+    from weightspace.jobs.align import align_checkpoints
 
     model, spec = _spec(args)
     report = align_checkpoints(args.a, args.b, model, spec, args.output, method=args.method,
                                seed=args.seed, data=args.data)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report.to_dict(), indent=2))
         return 0
-    print(f"aligned {args.b} to {args.a} by {args.method} matching in {report['sweeps']} sweeps "
-          f"({report['permuted_spaces']} spaces permuted); distance to A "
-          f"{report['distance_before']:.4f} -> {report['distance_after']:.4f}; wrote "
-          f"{report['output']}")
-    print("\n".join(_scores_lines(report)))
+    print(f"aligned {args.b} to {args.a} by {args.method} matching in {report.sweeps} sweeps "
+          f"({report.permuted_spaces} spaces permuted); distance to A "
+          f"{report.distance_before:.4f} -> {report.distance_after:.4f}; wrote "
+          f"{report.output}")
+    print("\n".join(_scores_lines(report.scores)))
     return 0
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from weightspace.merge.pipeline import merge_checkpoints
+    from weightspace.cli import CLIError
 
     if args.config:
-        from weightspace.merge.config import load_merge_config
+        from weightspace.jobs.merge import merge_from_config
 
         if args.checkpoints:
-            raise ValueError("give checkpoints on the command line or --config, not both")
-        config = load_merge_config(args.config)
-        if config.architecture is None:
-            raise ValueError(f"{args.config}: field 'architecture' is required by "
-                             f"`weightspace merge --config`")
-        model, shape = config.architecture.build()
-        if shape is None:
-            raise ValueError(f"{args.config}: field 'architecture.input_shape' is required for "
-                             f"{config.architecture.model!r}")
-        from weightspace.spec import trace
-
-        spec = trace(model, shape)
-        kwargs = config.method_kwargs()
-        weights = kwargs.pop("weights")
-        report = merge_checkpoints(
-            [m.model for m in config.models], model, spec, args.output,
-            method=config.merge_method, base=config.base_model, align=config.align,
-            weights=weights, parameters=kwargs, repair=config.repair,
-            data=None if config.data is None else str(config.data), seed=args.seed,
-            config_copy=config.as_dict(), dtype=config.dtype)
+            raise CLIError("give checkpoints on the command line or --config, not both")
+        report = merge_from_config(args.config, args.output, seed=args.seed)
     else:
+        from weightspace.jobs.merge import merge_checkpoints
+
         if not args.model:
-            raise ValueError("--model is required (or use --config merge.yaml)")
+            raise CLIError("--model is required (or use --config merge.yaml)")
         model, spec = _spec(args)
         parameters = {k: v for k, v in (("density", args.density), ("scaling", args.scaling))
                       if v is not None}
@@ -78,28 +62,28 @@ def cmd_merge(args: argparse.Namespace) -> int:
             align=args.align, weights=args.weights, parameters=parameters, repair=args.repair,
             data=args.data, seed=args.seed)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report.to_dict(), indent=2))
         return 0
-    extra = f" + {', '.join(report['corrections'])}" if report["corrections"] else ""
-    print(f"merged {len(report['models'])} model(s) by {report['method']} (align: "
-          f"{report['align']}{extra}) -> {report['output']}")
-    print("\n".join(_scores_lines(report)))
+    extra = f" + {', '.join(report.corrections)}" if report.corrections else ""
+    print(f"merged {len(report.models)} model(s) by {report.method} (align: "
+          f"{report.align}{extra}) -> {report.output}")
+    print("\n".join(_scores_lines(report.scores)))
     return 0
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
-    from weightspace.merge.pipeline import interpolate_checkpoints
+    from weightspace.jobs.interpolate import interpolate_checkpoints
 
     model, spec = _spec(args)
     report = interpolate_checkpoints(args.a, args.b, model, spec, data=args.data,
                                      steps=args.steps, seed=args.seed, plot=args.plot,
                                      json_path=args.json_path, repair=args.repair)
-    for name, values in report["barriers"].items():
+    for name, values in report.barriers.items():
         print(f"{name:<26} loss barrier {values['loss_barrier']:.4f}  accuracy barrier "
               f"{values['accuracy_barrier']:.4f}")
-    for key in ("plot", "json"):
-        if key in report:
-            print(f"wrote {report[key]}")
+    for written in (report.plot, report.json):
+        if written is not None:
+            print(f"wrote {written}")
     return 0
 
 

@@ -1,5 +1,7 @@
-"""``weightspace prune``: one call to :func:`weightspace.prune.pipeline.prune_checkpoint`
-plus printing."""
+"""``weightspace prune`` and ``train-pruner``: one call each to
+:func:`weightspace.jobs.prune_checkpoint` / :func:`weightspace.jobs.train_meta_pruner`
+(settings from the flags as :class:`~weightspace.jobs.PruneOptions` /
+:class:`~weightspace.jobs.MetaPrunerOptions`) plus printing."""
 
 from __future__ import annotations
 
@@ -16,57 +18,58 @@ def _format_row(label: str, m: dict) -> str:
 def cmd_prune(args: argparse.Namespace) -> int:
     from weightspace.cli import _progress
     from weightspace.cli_align import _spec
-    from weightspace.prune.pipeline import prune_checkpoint
+    from weightspace.jobs.prune import PruneOptions, prune_checkpoint
 
     model, spec = _spec(args)
-    report = prune_checkpoint(
-        args.checkpoint, model, spec, args.output, sparsity=args.sparsity, speedup=args.speedup,
-        structured=args.structured, method=args.method, importance=args.importance,
-        scope=args.scope, metanet=args.metanet, data=args.data,
-        finetune_epochs=args.finetune_epochs, lr=args.lr, seed=args.seed,
-        latency_batch=args.latency_batch, progress=_progress(args))
+    options = PruneOptions(
+        sparsity=args.sparsity, speedup=args.speedup, structured=args.structured,
+        method=args.method, importance=args.importance, scope=args.scope,
+        metanet=args.metanet, data=args.data, finetune_epochs=args.finetune_epochs,
+        lr=args.lr, seed=args.seed, latency_batch=args.latency_batch)
+    report = prune_checkpoint(args.checkpoint, model, spec, args.output, options,
+                              progress=_progress(args))
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report.to_dict(), indent=2))
         return 0
     kind = "structured" if args.structured else "unstructured"
-    amount = (f"sparsity {report['sparsity']:.3f}" if report["target_speedup"] is None else
-              f"target {report['target_speedup']:g}x MACs (neuron sparsity "
-              f"{report['sparsity']:.3f})")
+    amount = (f"sparsity {report.sparsity:.3f}" if report.target_speedup is None else
+              f"target {report.target_speedup:g}x MACs (neuron sparsity "
+              f"{report.sparsity:.3f})")
     print(f"pruned {args.checkpoint}: {kind} {args.method}, {amount}, "
           f"{args.finetune_epochs} fine-tuning epochs")
-    print(_format_row("before", report["before"]))
-    print(_format_row("after", report["after"]))
-    speed = report["latency_speedup"]
-    print(f"  MACs reduced {report['mac_reduction']:.2f}x, non-zero parameters reduced "
-          f"{report['nonzero_reduction']:.2f}x"
+    print(_format_row("before", report.before))
+    print(_format_row("after", report.after))
+    speed = report.latency_speedup
+    print(f"  MACs reduced {report.mac_reduction:.2f}x, non-zero parameters reduced "
+          f"{report.nonzero_reduction:.2f}x"
           + (f", measured latency {speed:.2f}x faster" if speed else ""))
-    print(f"wrote {report['output']}")
+    print(f"wrote {report.output}")
     return 0
 
 
 def cmd_train_pruner(args: argparse.Namespace) -> int:
     from weightspace.cli import _progress
-    from weightspace.prune.meta import train_meta_pruner
+    from weightspace.jobs.meta_pruner import MetaPrunerOptions, train_meta_pruner
 
-    report = train_meta_pruner(
-        args.zoo, args.output, group=args.group, mode=args.mode, hidden=args.hidden,
-        num_layers=args.layers, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+    options = MetaPrunerOptions(
+        group=args.group, mode=args.mode, hidden=args.hidden, num_layers=args.layers,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         sparsity_weight=args.sparsity_weight, sparsity_alpha=args.sparsity_alpha,
-        sparsity_ramp=args.sparsity_ramp,
-        min_accuracy=args.min_accuracy, data=args.data,
-        seed=args.seed, progress=_progress(args))
+        sparsity_ramp=args.sparsity_ramp, min_accuracy=args.min_accuracy, data=args.data,
+        seed=args.seed)
+    report = train_meta_pruner(args.zoo, args.output, options, progress=_progress(args))
     if args.json:
-        print(json.dumps({k: v for k, v in report.items() if k != "rows"}, indent=2))
+        print(json.dumps(report.to_dict(), indent=2))
         return 0
-    last = report["last"] or {}
-    print(f"meta-trained a {report['mode']} pruner on {report['networks']} networks of "
-          f"{report['zoo']} / {report['group']} in {report['seconds']:.0f} s")
+    last = report.last or {}
+    print(f"meta-trained a {report.mode} pruner on {report.networks} networks of "
+          f"{report.zoo} / {report.group} in {report.seconds:.0f} s")
     if last:
         print(f"  last epoch: task loss {last['task_loss']:.4f}, train accuracy of the outputs "
               f"{last['train_accuracy']:.4f}, group lasso {last['input_group_lasso']:.2f} -> "
               f"{last['group_lasso']:.2f}")
-    print(f"wrote {report['output']} (use it with: weightspace prune CHECKPOINT --structured "
-          f"--method meta --metanet {report['output']} ...)")
+    print(f"wrote {report.output} (use it with: weightspace prune CHECKPOINT --structured "
+          f"--method meta --metanet {report.output} ...)")
     return 0
 
 

@@ -9,7 +9,8 @@ import json
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from weightspace.cli import _progress
+    from weightspace.cli import CLIError, _progress
+    from weightspace.errors import WeightspaceError
     from weightspace.train import load_config, train_metanetwork
 
     values = {k: v for k, v in (("zoo", args.zoo), ("model", args.model), ("task", args.task),
@@ -18,10 +19,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         values["resume"] = True
     values["progress"] = _progress(args)
-    config = load_config(args.config, overrides=args.overrides, **values)
-    if not config.zoo:
-        raise ValueError("no zoo: give --zoo FILE.h5 or zoo: in the config")
-    result = train_metanetwork(config)
+    try:
+        config = load_config(args.config, overrides=args.overrides, **values)
+        if not config.zoo:
+            raise CLIError("no zoo: give --zoo FILE.h5 or zoo: in the config")
+        result = train_metanetwork(config)
+    except WeightspaceError:
+        raise
+    except ValueError as err:
+        # weightspace.train (and the metanetwork registry) still report bad settings as
+        # plain ValueError; until they raise WeightspaceError, this verb keeps its
+        # one-line errors here rather than in main()
+        raise CLIError(str(err)) from err
     if not _is_main():
         return 0
     summary = {k: v for k, v in result.to_dict().items() if k != "config"}

@@ -11,7 +11,8 @@
 Interpolating two independently trained networks needs them aligned first
 (:mod:`weightspace.align`, which also holds REPAIR and the BatchNorm reset
 that repair a merged model); every function here takes state dicts that may
-or may not be aligned.
+or may not be aligned. Merging checkpoint *files* (checked, aligned,
+corrected, scored, saved) is a job: :func:`weightspace.jobs.merge_checkpoints`.
 """
 
 from weightspace.merge.barrier import (

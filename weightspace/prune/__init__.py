@@ -1,6 +1,10 @@
 """Pruning modulo the spec: unstructured magnitude masks, structured removal
 of neurons from every parameter that touches them, lottery tickets and
-metanetwork-guided pruning."""
+metanetwork-guided pruning.
+
+Everything here takes state dicts, modules and specs; pruning a checkpoint
+file (load, check, measure, fine-tune, save) is a job:
+:func:`weightspace.jobs.prune_checkpoint`."""
 
 from weightspace.prune.cost import (
     ModelCost,
@@ -18,7 +22,6 @@ from weightspace.prune.magnitude import (
     prunable_parameters,
     sparsity,
 )
-from weightspace.prune.pipeline import PRUNE_METHODS, PruneOutcome, prune_checkpoint, prune_model
 from weightspace.prune.structured import (
     IMPORTANCE_METHODS,
     PruneError,
@@ -43,15 +46,11 @@ __all__ = [
     "LotteryResult",
     "LotteryRound",
     "MaskHandle",
-    "PRUNE_METHODS",
-    "PruneOutcome",
     "apply_masks",
     "attach_masks",
     "iterative_magnitude_pruning",
     "magnitude_masks",
     "prunable_parameters",
-    "prune_checkpoint",
-    "prune_model",
     "sparsity",
     "ModelCost",
     "PruneError",
