@@ -25,6 +25,7 @@ from weightspace.merge.barrier import (
 from weightspace.merge.batchnorm import reset_batchnorm
 from weightspace.merge.config import (
     ALIGN_METHODS,
+    NO_ALIGNMENT,
     ArchitectureConfig,
     MergeConfig,
     MergeConfigError,
@@ -33,6 +34,7 @@ from weightspace.merge.config import (
 )
 from weightspace.merge.methods import (
     MERGE_METHODS,
+    MergeMethod,
     average,
     dare,
     interpolate,
@@ -45,9 +47,11 @@ from weightspace.merge.repair import RepairPoint, activation_stats, repair, repa
 __all__ = [
     "ALIGN_METHODS",
     "MERGE_METHODS",
+    "NO_ALIGNMENT",
     "ArchitectureConfig",
     "MergeConfig",
     "MergeConfigError",
+    "MergeMethod",
     "ModelEntry",
     "RepairPoint",
     "activation_stats",

@@ -26,7 +26,12 @@ repair or evaluate them), the alignment, REPAIR and the data::
     dtype: float32                # optional: dtype of the merged tensors
 
 A model listed in ``models`` that is also the ``base_model`` is skipped, as in
-mergekit. Every problem raises :class:`MergeConfigError` whose message starts
+mergekit. The methods, their names, and the parameters each accepts (global
+and per model, with their defaults) are read from the method's
+:class:`~weightspace.merge.methods.MergeMethod` entry, so a method registered
+in :data:`~weightspace.merge.MERGE_METHODS` is accepted here as it is.
+
+Every problem raises :class:`MergeConfigError` whose message starts
 with the file and names the field (``models[1].parameters.weight`` …).
 """
 
@@ -153,14 +158,15 @@ class MergeConfig:
 
     Attributes:
         path: the YAML file.
-        merge_method: a key of :data:`~weightspace.merge.MERGE_METHODS`.
+        merge_method: a name of :data:`~weightspace.merge.MERGE_METHODS` (an
+            alias such as mergekit's ``dare_ties`` is stored as its method).
         models: the models to merge (the base model excluded).
         base_model: the base of the task vectors (``None`` for ``average``).
-        parameters: global method parameters, normalised: ``scaling``
-            (mergekit's ``lambda``), ``density``, ``seed``, ``rescale``,
-            ``ties`` — only those given (or implied by the method name).
+        parameters: global method parameters under the merge function's
+            names (``scaling`` for mergekit's ``lambda``) — only those given
+            or fixed by the method's name.
         architecture: how to build the module, if given.
-        align: ``"weight"``, ``"activation"`` or ``"none"``.
+        align: a name of :data:`ALIGN_METHODS` or :data:`NO_ALIGNMENT`.
         repair: apply REPAIR to the interpolated model.
         data: ``"digits"`` or the absolute path of an ``.npz``; ``None`` if
             not given.

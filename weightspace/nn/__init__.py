@@ -26,6 +26,7 @@ from weightspace.nn.nfn import NFN, HNPLinear, NFNPool, NPLinear, WeightSpaceFea
 from weightspace.nn.probes import ProbeFeatures, with_probe_features
 from weightspace.nn.registry import (
     METANETWORKS,
+    Metanetwork,
     build_metanetwork,
     count_parameters,
     is_graph_model,
@@ -49,6 +50,7 @@ __all__ = [
     "HEADS",
     "HNPLinear",
     "METANETWORKS",
+    "Metanetwork",
     "NFN",
     "NFNPool",
     "NPLinear",

@@ -21,6 +21,7 @@ from weightspace.prune.magnitude import (
 from weightspace.prune.pipeline import PRUNE_METHODS, PruneOutcome, prune_checkpoint, prune_model
 from weightspace.prune.structured import (
     IMPORTANCE_METHODS,
+    ImportanceCriterion,
     PruneError,
     group_norms,
     group_sums,
@@ -40,6 +41,7 @@ from weightspace.prune.structured import (
 
 __all__ = [
     "IMPORTANCE_METHODS",
+    "ImportanceCriterion",
     "LotteryResult",
     "LotteryRound",
     "MaskHandle",
