@@ -16,7 +16,6 @@ from typing import Any
 from torch import nn
 
 from weightspace.errors import WeightspaceError
-
 from weightspace.models.cnn import SmallCNN
 from weightspace.models.cnn_park import ParkCNN
 from weightspace.models.inr_siren import SirenINR
