@@ -222,3 +222,14 @@ def test_an_unregistered_method_is_refused_again(tmp_path: Path):
     path.write_text("merge_method: scaled\nmodels: [a.pt]\n")
     with pytest.raises(MergeConfigError, match="unknown method 'scaled'.*dare_ties"):
         load_merge_config(path)
+
+
+def test_entry_kinds_are_checked():
+    from weightspace.nn import Metanetwork
+    from weightspace.prune import ImportanceCriterion
+
+    with pytest.raises(WeightspaceError, match="kind 'learned' is not one of magnitude") as info:
+        ImportanceCriterion("meta", double, "x", kind="learned")
+    assert info.value.parameter == "kind"
+    with pytest.raises(WeightspaceError, match="input 'sequence' is not one of graph, flat"):
+        Metanetwork("rnn", double, "x", input="sequence")

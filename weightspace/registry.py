@@ -141,6 +141,14 @@ class Entry:
             raise WeightspaceError(f"an entry needs a non-empty name, got {self.name!r}",
                                    parameter="name")
 
+    def check_field(self, attribute: str, choices: Iterable[str]) -> None:
+        """For subclasses' ``__post_init__``: raise unless field ``attribute``
+        holds one of ``choices`` (a kind of entry, an input type …)."""
+        value, choices = getattr(self, attribute), tuple(choices)
+        if value not in choices:
+            raise WeightspaceError(f"{type(self).__name__} {self.name!r}: {attribute} {value!r} "
+                                   f"is not one of {', '.join(choices)}", parameter=attribute)
+
     def load(self) -> Callable[..., Any]:
         """The implementation (imported now if :attr:`target` is a string)."""
         return _import_target(self.target) if isinstance(self.target, str) else self.target

@@ -49,9 +49,7 @@ class Metanetwork(Entry):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.input not in INPUT_KINDS:
-            raise WeightspaceError(f"metanetwork {self.name!r}: input {self.input!r} is not one "
-                                   f"of {', '.join(INPUT_KINDS)}", parameter="input")
+        self.check_field("input", INPUT_KINDS)
 
     def arguments(self) -> tuple[str, ...]:
         """The keyword arguments of the class besides the template and ``out_dim``."""

@@ -255,9 +255,7 @@ class ImportanceCriterion(Entry):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.kind not in CRITERION_KINDS:
-            raise WeightspaceError(f"importance {self.name!r}: kind {self.kind!r} is not one of "
-                                   f"{', '.join(CRITERION_KINDS)}", parameter="kind")
+        self.check_field("kind", CRITERION_KINDS)
 
 
 IMPORTANCE_METHODS: Registry[ImportanceCriterion] = Registry("importance", (
