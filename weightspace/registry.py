@@ -20,6 +20,7 @@ augmentations        ``weightspace.zoo.augmentations.AUGMENTATIONS``  ``Entry``
 metanetworks         ``weightspace.nn.METANETWORKS``                  ``Metanetwork``
 zoo import formats   ``weightspace.zoo.importers.IMPORT_FORMATS``     ``ImportFormat``
 model families       ``weightspace.models.BUILTIN_MODELS``            ``ModelFamily``
+edit ops             ``weightspace.train.EDIT_OPS``                   ``Entry``
 ===================  ===============================================  =======================
 
 Example::
