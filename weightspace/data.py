@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from weightspace.errors import WeightspaceError
+
 
 @dataclass(frozen=True)
 class Split:
@@ -52,21 +54,21 @@ def load_npz_split(path: str | Path) -> Split:
     """A user's data: an ``.npz`` with ``x_train, y_train, x_test, y_test``."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: no such data file")
+        raise WeightspaceError(f"{path}: no such data file")
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in data]
             if missing:
-                raise ValueError(f"{path}: missing arrays {missing}; expected x_train, y_train, "
+                raise WeightspaceError(f"{path}: missing arrays {missing}; expected x_train, y_train, "
                                  f"x_test, y_test")
             arrays = {k: data[k] for k in ("x_train", "y_train", "x_test", "y_test")}
     except (OSError, ValueError) as err:
         if isinstance(err, ValueError) and str(err).startswith(str(path)):
             raise
-        raise ValueError(f"{path}: not a readable .npz file ({err})") from err
+        raise WeightspaceError(f"{path}: not a readable .npz file ({err})") from err
     for part in ("train", "test"):
         if len(arrays[f"x_{part}"]) != len(arrays[f"y_{part}"]):
-            raise ValueError(f"{path}: x_{part} has {len(arrays[f'x_{part}'])} rows but y_{part} "
+            raise WeightspaceError(f"{path}: x_{part} has {len(arrays[f'x_{part}'])} rows but y_{part} "
                              f"has {len(arrays[f'y_{part}'])}")
     return Split(
         torch.as_tensor(arrays["x_train"], dtype=torch.float32),

@@ -272,3 +272,74 @@ def test_bad_scalings_are_rejected(traced):
         t.spec.random_scaling(low=2.0, high=1.0)
     with pytest.raises(SpecError):
         t.spec.random_scaling(low=0.0, high=1.0)
+
+
+# ------------------------------------------------------------------ batches
+BATCH_ARCHS = ("vgg_bn", "resnet_groupnorm", "small_cnn", "functional", "siren")
+
+
+@pytest.mark.parametrize("name", BATCH_ARCHS)
+def test_a_batch_of_permutations_acts_row_by_row(name, traced):
+    t = traced(name)
+    spec = t.spec
+    perms = [spec.random_permutation(torch.Generator().manual_seed(seed)) for seed in range(3)]
+    batch = Permutation({s.name: torch.stack([p[s.name] for p in perms])
+                         for s in spec.permutable_spaces})
+    assert batch.batch_size == 3 and perms[0].batch_size is None
+    index = symmetry_mod.permutation_index(spec, batch)
+    assert index.shape == (3, spec.num_parameters)
+    params = torch.randn(3, spec.num_parameters, dtype=torch.float64)
+    moved = spec.permute_flat(params, batch)
+    for b, perm in enumerate(perms):
+        assert torch.equal(index[b], symmetry_mod.permutation_index(spec, perm))
+        assert torch.equal(moved[b], spec.permute_flat(params[b], perm))
+        assert batch.row(b).equal(perm)
+    # algebra row by row: inverse and composition
+    assert torch.equal(spec.permute_flat(moved, batch.inverse()), params)
+    twice = batch.then(batch)
+    for b, perm in enumerate(perms):
+        assert twice.row(b).equal(perm.then(perm))
+
+
+def test_random_batches_are_valid_and_respect_groups(traced):
+    spec = traced("resnet_groupnorm").spec
+    batch = spec.random_permutation(torch.Generator().manual_seed(0), batch_size=5)
+    assert batch.batch_size == 5
+    symmetry_mod.check_permutation(spec, batch)  # groups map onto groups in every row
+    assert any(s.permutation_blocks > 1 for s in spec.permutable_spaces)
+    rows = {s.name: batch[s.name] for s in spec.permutable_spaces}
+    assert any(not torch.equal(v[0], v[1]) for v in rows.values())  # independent rows
+
+
+def test_invalid_batches_name_the_space(traced):
+    spec = traced("mlp_relu").spec
+    with pytest.raises(SpecError, match="input space"):
+        symmetry_mod.permutation_index(spec, Permutation({"input": torch.arange(6)[None]}))
+    with pytest.raises(SpecError, match=r"expected \[16\] \(or \[B, 16\]"):
+        symmetry_mod.permutation_index(spec, Permutation({"0": torch.arange(15)[None]}))
+    bad = torch.arange(16).repeat(2, 1)
+    bad[1, 0] = 1
+    with pytest.raises(SpecError, match="not a permutation"):
+        symmetry_mod.check_permutation(spec, Permutation({"0": bad}))
+    with pytest.raises(SpecError, match="mixes single and batched"):
+        Permutation({"0": torch.arange(16), "2": torch.arange(16)[None]})
+    with pytest.raises(SpecError, match="single permutation"):
+        spec.permute(traced("mlp_relu").state_dict, spec.random_permutation(batch_size=2))
+
+
+@pytest.mark.parametrize("kind", ["scale", "sign"])
+def test_a_batch_of_scalings_acts_row_by_row(kind, traced):
+    t = traced("mlp_relu" if kind == "scale" else "siren")
+    spec = t.spec
+    g = torch.Generator().manual_seed(0)
+    draw = spec.random_scaling if kind == "scale" else spec.random_sign_flip
+    batch = draw(g, batch_size=4)
+    assert batch.batch_size == 4 and batch.factors
+    params = spec.flatten(t.state_dict).double().repeat(4, 1)
+    out = spec.rescale_flat(params, batch)
+    for b in range(4):
+        row = NeuronScaling(kind, {k: v[b] for k, v in batch.factors.items()})
+        expected = spec.flatten(spec.rescale(t.state_dict, row)).double()
+        assert torch.allclose(out[b], expected, rtol=1e-6, atol=0)
+        assert torch.equal(spec.rescale_flat(params[b], row), out[b])
+    assert torch.allclose(spec.rescale_flat(out, batch.inverse()), params, rtol=1e-12, atol=1e-12)

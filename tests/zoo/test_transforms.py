@@ -17,7 +17,6 @@ from tests.architectures import ARCHITECTURES
 from tests.helpers import rel_err, run
 from weightspace.models import MLP, SIREN, Sine, SmallCNN
 from weightspace.spec import Permutation, WeightSpaceSpec
-from weightspace.spec.symmetry import permutation_index
 from weightspace.zoo.transforms import (
     Compose,
     GaussianNoise,
@@ -28,7 +27,6 @@ from weightspace.zoo.transforms import (
     SirenBiasShift,
     WeightDropout,
     WeightTransform,
-    batch_permutation_index,
 )
 
 ARCH_IDS = [a.name for a in ARCHITECTURES]
@@ -298,22 +296,6 @@ def test_non_contiguous_and_float64_inputs(nets):
         out = transform(transposed, net.spec, _gen(0))
         assert out.dtype == torch.float64
         assert torch.equal(out, transform(wide, net.spec, _gen(0)))
-
-
-def test_batch_permutation_index_matches_permutation_index(traced):
-    for name in ("vgg_bn", "resnet_groupnorm", "small_cnn", "functional"):
-        spec = traced(name).spec
-        perms = [spec.random_permutation(_gen(seed)) for seed in range(3)]
-        stacked = {s.name: torch.stack([p[s.name] for p in perms]) for s in spec.permutable_spaces}
-        index = batch_permutation_index(spec, stacked)
-        assert index.shape == (3, spec.num_parameters)
-        for row, perm in zip(index, perms, strict=True):
-            assert torch.equal(row, permutation_index(spec, perm))
-    spec = traced("mlp_relu").spec
-    with pytest.raises(ValueError, match="input space"):
-        batch_permutation_index(spec, {"input": torch.arange(6)[None]})
-    with pytest.raises(ValueError, match=r"expected \[B, 16\]"):
-        batch_permutation_index(spec, {"0": torch.arange(15)[None]})
 
 
 def test_random_permutation_is_a_gather_of_spec_permute_flat(nets):

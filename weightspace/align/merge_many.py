@@ -23,6 +23,7 @@ import numpy as np
 from torch import Tensor
 
 from weightspace.align.weight_matching import check_states, weight_matching
+from weightspace.errors import WeightspaceError
 from weightspace.spec.containers import WeightSpaceSpec
 from weightspace.spec.symmetry import Permutation
 
@@ -96,9 +97,9 @@ def merge_many(
     """
     states = list(states)
     if len(states) < 2:
-        raise ValueError(f"merge_many needs at least two models, got {len(states)}")
+        raise WeightspaceError(f"merge_many needs at least two models, got {len(states)}")
     if max_iterations < 0:
-        raise ValueError(f"max_iterations must be >= 0, got {max_iterations}")
+        raise WeightspaceError(f"max_iterations must be >= 0, got {max_iterations}")
     check_states(spec, **{f"states[{i}]": s for i, s in enumerate(states)})
     n = len(states)
     floats = [p.name for p in spec.parameters if states[0][p.name].is_floating_point()]

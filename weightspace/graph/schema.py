@@ -59,6 +59,8 @@ architectures batch together when their templates share ``kernel_grid``,
 
 from __future__ import annotations
 
+from weightspace.errors import WeightspaceError
+
 NODE_SLOTS = ("bias", "norm_weight", "norm_bias", "running_mean", "running_var")
 NODE_TYPES = ("input", "hidden", "output")
 LAYER_OPS = (
@@ -111,4 +113,4 @@ def vocabulary_id(vocabulary: tuple[str, ...], name: str) -> int:
     except ValueError:
         if "other" in vocabulary:
             return vocabulary.index("other")
-        raise ValueError(f"{name!r} is not one of {vocabulary}") from None
+        raise WeightspaceError(f"{name!r} is not one of {vocabulary}") from None

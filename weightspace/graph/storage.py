@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch_geometric.data import Batch
 
+from weightspace.errors import WeightspaceError
 from weightspace.graph.template import GraphTemplate
 from weightspace.io import atomic_output_path
 from weightspace.spec.containers import WeightSpaceSpec
@@ -66,9 +67,9 @@ def load_graphs(path: str | Path) -> GraphFile:
     except FileNotFoundError:
         raise  # the CLI reports a missing file as such
     except Exception as err:
-        raise ValueError(f"{path}: not a readable weightspace graph file ({err})") from err
+        raise WeightspaceError(f"{path}: not a readable weightspace graph file ({err})") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a weightspace graph file (format {FORMAT!r} expected)")
+        raise WeightspaceError(f"{path}: not a weightspace graph file (format {FORMAT!r} expected)")
     spec = WeightSpaceSpec.from_json(payload["spec"])
     options = payload["template"]
     template = GraphTemplate.for_spec(spec, tuple(options["kernel_grid"]), options["edge_dim"],

@@ -20,6 +20,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from weightspace.classify import evaluate
+from weightspace.errors import WeightspaceError
 from weightspace.io import atomic_output_path
 from weightspace.merge.batchnorm import Inputs, input_batches, module_device, reset_batchnorm
 from weightspace.merge.methods import interpolate
@@ -61,9 +62,9 @@ def interpolation_path(model: nn.Module, state_a: Mapping[str, Tensor],
         One ``{"lam", "loss", "accuracy"}`` dict per λ, in increasing λ.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
-        raise ValueError(f"steps must be an integer >= 2, got {steps!r}")
+        raise WeightspaceError(f"steps must be an integer >= 2, got {steps!r}")
     if len(inputs) != len(targets) or len(targets) == 0:
-        raise ValueError(f"inputs ({len(inputs)} samples) and targets ({len(targets)}) must be "
+        raise WeightspaceError(f"inputs ({len(inputs)} samples) and targets ({len(targets)}) must be "
                          f"non-empty and of the same length")
     work = copy.deepcopy(model)
     if spec is not None:
@@ -103,14 +104,14 @@ def interpolation_path(model: nn.Module, state_a: Mapping[str, Tensor],
 
 def _check_path(path: Sequence[Mapping[str, float]], label: str = "path") -> None:
     if len(path) < 2:
-        raise ValueError(f"{label} needs at least 2 points, got {len(path)}")
+        raise WeightspaceError(f"{label} needs at least 2 points, got {len(path)}")
     for point in path:
         for field in ("lam", "loss", "accuracy"):
             if field not in point:
-                raise ValueError(f"{label}: a point has no {field!r} (got {sorted(point)})")
+                raise WeightspaceError(f"{label}: a point has no {field!r} (got {sorted(point)})")
     lams = [float(p["lam"]) for p in path]
     if lams[0] != 0.0 or lams[-1] != 1.0 or any(b <= a for a, b in zip(lams, lams[1:], strict=False)):
-        raise ValueError(f"{label}: λ must increase from 0 to 1, got {lams}")
+        raise WeightspaceError(f"{label}: λ must increase from 0 to 1, got {lams}")
 
 
 def barrier(path: Sequence[Mapping[str, float]]) -> dict[str, Any]:
@@ -165,7 +166,7 @@ def plot_barrier(curves: Mapping[str, Sequence[Mapping[str, float]]],
     from matplotlib.figure import Figure
 
     if not curves:
-        raise ValueError("plot_barrier needs at least one curve")
+        raise WeightspaceError("plot_barrier needs at least one curve")
     for label, path in curves.items():
         _check_path(path, f"curve {label!r}")
     fig = Figure(figsize=(10, 4), layout="constrained")

@@ -17,6 +17,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from weightspace.errors import WeightspaceError
+
 
 class Sine(nn.Module):
     r"""Periodic activation :math:`\sin(\omega_0 x)` from Sitzmann et al. 2020,
@@ -80,7 +82,7 @@ def make_activation(name: str) -> nn.Module:
         factory = _ACTIVATIONS[key]
     except KeyError:
         valid = ", ".join(ACTIVATION_NAMES)
-        raise ValueError(
+        raise WeightspaceError(
             f"Unknown activation {name!r}. Valid activation names are: {valid}."
         ) from None
     return factory()

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from weightspace.errors import WeightspaceError
 from weightspace.models.activations import make_activation
 
 
@@ -56,9 +57,9 @@ class SmallCNN(nn.Module):
         super().__init__()
         channels = tuple(int(c) for c in channels)
         if not channels:
-            raise ValueError("SmallCNN needs at least one convolution, but channels=() was given.")
+            raise WeightspaceError("SmallCNN needs at least one convolution, but channels=() was given.")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"SmallCNN dropout must be in [0, 1), got {dropout!r}.")
+            raise WeightspaceError(f"SmallCNN dropout must be in [0, 1), got {dropout!r}.")
         self.in_channels = in_channels
         self.channels = channels
         self.num_classes = num_classes

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from weightspace.errors import WeightspaceError
 from weightspace.models.activations import make_activation
 
 # The zoo's activation names -> weightspace activation names.
@@ -50,7 +51,7 @@ def _per_layer(name: str, value, n_layers: int) -> tuple:
     else:
         values = (value,) * n_layers
     if len(values) != n_layers:
-        raise ValueError(
+        raise WeightspaceError(
             f"ParkCNN {name} has {len(values)} entries but there are {n_layers} layers "
             f"(len(channels) - 1); give one value per layer."
         )
@@ -119,7 +120,7 @@ class ParkCNN(nn.Module):
         super().__init__()
         channels = tuple(int(c) for c in channels)
         if len(channels) < 2:
-            raise ValueError(
+            raise WeightspaceError(
                 f"ParkCNN channels must list the input channels and at least one layer, "
                 f"got {list(channels)}."
             )
@@ -135,12 +136,12 @@ class ParkCNN(nn.Module):
         activations = tuple(str(a) for a in _per_layer("activation", activation, n))
         for i, r in enumerate(residuals):
             if r >= 0 and not r < i - 1:
-                raise ValueError(
+                raise WeightspaceError(
                     f"ParkCNN residual[{i}] = {r}: a residual must come from a layer before the "
                     f"preceding one (index < {i - 1}), or be -1.")
         for a in activations:
             if a not in PARK_ACTIVATIONS:
-                raise ValueError(f"ParkCNN activation {a!r} is not one of "
+                raise WeightspaceError(f"ParkCNN activation {a!r} is not one of "
                                  f"{', '.join(PARK_ACTIVATIONS)}.")
         self.channels = channels
         self.residual = residuals

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from weightspace.errors import WeightspaceError
 from weightspace.models.activations import make_activation
 
 _NORMS = (None, "batch", "layer")
@@ -25,7 +26,7 @@ def _make_norm(norm: str | None, features: int) -> nn.Module | None:
         return nn.BatchNorm1d(features)
     if norm == "layer":
         return nn.LayerNorm(features)
-    raise ValueError(f"Unknown MLP norm {norm!r}. Valid values are: None, 'batch', 'layer'.")
+    raise WeightspaceError(f"Unknown MLP norm {norm!r}. Valid values are: None, 'batch', 'layer'.")
 
 
 class MLP(nn.Module):
@@ -66,11 +67,11 @@ class MLP(nn.Module):
     ) -> None:
         super().__init__()
         if norm not in _NORMS:
-            raise ValueError(
+            raise WeightspaceError(
                 f"Unknown MLP norm {norm!r}. Valid values are: None, 'batch', 'layer'."
             )
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"MLP dropout must be in [0, 1), got {dropout!r}.")
+            raise WeightspaceError(f"MLP dropout must be in [0, 1), got {dropout!r}.")
         self.in_features = in_features
         self.hidden = tuple(int(h) for h in hidden)
         self.out_features = out_features

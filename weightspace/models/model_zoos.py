@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from weightspace.errors import WeightspaceError
 from weightspace.models.activations import make_activation
 
 # model::nlin -> weightspace activation name.
@@ -74,13 +75,13 @@ class ModelZooCNN(nn.Module):
     ) -> None:
         super().__init__()
         if variant not in ZOO_VARIANTS:
-            raise ValueError(f"ModelZooCNN variant {variant!r} is not one of "
+            raise WeightspaceError(f"ModelZooCNN variant {variant!r} is not one of "
                              f"{', '.join(ZOO_VARIANTS)}.")
         if nlin not in ZOO_NONLINEARITIES:
-            raise ValueError(f"ModelZooCNN nlin {nlin!r} is not one of "
+            raise WeightspaceError(f"ModelZooCNN nlin {nlin!r} is not one of "
                              f"{', '.join(ZOO_NONLINEARITIES)}.")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"ModelZooCNN dropout must be in [0, 1), got {dropout!r}.")
+            raise WeightspaceError(f"ModelZooCNN dropout must be in [0, 1), got {dropout!r}.")
         self.variant = variant
         self.input_size, convs, flat = ZOO_VARIANTS[variant]
         act = ZOO_NONLINEARITIES[nlin]

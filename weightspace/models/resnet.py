@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from weightspace.errors import WeightspaceError
+
 
 def _layer_norm(channels: int) -> nn.Module:
     # GroupNorm with one group normalises over (C, H, W) like LayerNorm, but
@@ -40,7 +42,7 @@ _BASE_WIDTHS = (16, 32, 64)
 
 def _check_norm(norm: str) -> None:
     if norm not in _NORM_FACTORIES:
-        raise ValueError(f"Unknown ResNet norm {norm!r}. Valid values are: {', '.join(NORMS)}.")
+        raise WeightspaceError(f"Unknown ResNet norm {norm!r}. Valid values are: {', '.join(NORMS)}.")
 
 
 def _make_norm(norm: str, channels: int) -> nn.Module:
@@ -136,12 +138,12 @@ class ResNet(nn.Module):
         _check_norm(norm)
         num_blocks = tuple(int(n) for n in num_blocks)
         if len(num_blocks) != len(_BASE_WIDTHS) or min(num_blocks) < 1:
-            raise ValueError(
+            raise WeightspaceError(
                 f"ResNet num_blocks must give a positive block count for each of the "
                 f"{len(_BASE_WIDTHS)} stages, e.g. (3, 3, 3) for ResNet-20; got {num_blocks!r}."
             )
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ValueError(f"ResNet width must be a positive integer, got {width!r}.")
+            raise WeightspaceError(f"ResNet width must be a positive integer, got {width!r}.")
         self.num_blocks = num_blocks
         self.width = width
         self.norm = norm

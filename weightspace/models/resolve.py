@@ -18,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from weightspace.errors import WeightspaceError
 from weightspace.models.registry import BUILTIN_MODELS, build_model, default_input_shape
 
 
@@ -28,11 +29,11 @@ def parse_model_args(text: str | None) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(
+        raise WeightspaceError(
             f"--model-args is not valid JSON ({err.msg} at column {err.colno}): {text}"
         ) from err
     if not isinstance(value, dict):
-        raise ValueError(
+        raise WeightspaceError(
             f"--model-args must be a JSON object such as '{{\"width\": 2}}', got {text}"
         )
     return value
@@ -43,11 +44,11 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
-        raise ValueError(
+        raise WeightspaceError(
             f"--input-shape must be comma-separated integers such as 1,3,32,32, got {text!r}"
         ) from None
     if not shape or any(s <= 0 for s in shape):
-        raise ValueError(
+        raise WeightspaceError(
             f"--input-shape must be positive integers with a batch axis first, got {text!r}"
         )
     return shape
@@ -56,14 +57,14 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
 def _load_callable(target: str) -> Any:
     location, _, attribute = target.rpartition(":")
     if not location or not attribute:
-        raise ValueError(
+        raise WeightspaceError(
             f"--model {target!r} is neither a built-in family ({', '.join(BUILTIN_MODELS)}) nor "
             f"MODULE:CALLABLE / FILE.py:CALLABLE"
         )
     if location.endswith(".py"):
         path = Path(location)
         if not path.is_file():
-            raise ValueError(f"--model file {location!r} does not exist")
+            raise WeightspaceError(f"--model file {location!r} does not exist")
         name = f"weightspace_user_model_{abs(hash(path.resolve()))}"
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
@@ -73,14 +74,14 @@ def _load_callable(target: str) -> Any:
         try:
             module = importlib.import_module(location)
         except ImportError as err:
-            raise ValueError(f"--model: cannot import module {location!r}: {err}") from err
+            raise WeightspaceError(f"--model: cannot import module {location!r}: {err}") from err
     obj = module
     for part in attribute.split("."):
         if not hasattr(obj, part):
-            raise ValueError(f"--model: {location!r} has no attribute {attribute!r}")
+            raise WeightspaceError(f"--model: {location!r} has no attribute {attribute!r}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise ValueError(f"--model: {target!r} is not callable")
+        raise WeightspaceError(f"--model: {target!r} is not callable")
     return obj
 
 
@@ -100,7 +101,7 @@ def resolve_model(
     try:
         module = factory(**kwargs)
     except TypeError as err:
-        raise ValueError(f"--model {target!r} rejected --model-args {kwargs}: {err}") from err
+        raise WeightspaceError(f"--model {target!r} rejected --model-args {kwargs}: {err}") from err
     if not isinstance(module, nn.Module):
-        raise ValueError(f"--model {target!r} returned a {type(module).__name__}, not an nn.Module")
+        raise WeightspaceError(f"--model {target!r} returned a {type(module).__name__}, not an nn.Module")
     return module, None

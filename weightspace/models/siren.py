@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from weightspace.errors import WeightspaceError
 from weightspace.models.activations import Sine
 
 
@@ -57,7 +58,7 @@ class SIREN(nn.Module):
         super().__init__()
         hidden = tuple(int(h) for h in hidden)
         if not hidden:
-            raise ValueError(
+            raise WeightspaceError(
                 "SIREN needs at least one hidden layer, but hidden=() was given; "
                 "without a sine layer it is a plain linear map, use MLP instead."
             )

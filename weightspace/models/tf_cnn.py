@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from weightspace.errors import WeightspaceError
 from weightspace.models.activations import make_activation
 
 # Keras activation names -> modules computing the same function.
@@ -52,7 +53,7 @@ def keras_activation(name: str) -> nn.Module:
         try:
             return make_activation(key)
         except ValueError:
-            raise ValueError(
+            raise WeightspaceError(
                 f"Unknown Keras activation {name!r}. Supported: {', '.join(KERAS_ACTIVATIONS)}."
             ) from None
     return factory()
@@ -92,7 +93,7 @@ class TFCNN(nn.Module):
         super().__init__()
         channels = tuple(int(c) for c in channels)
         if not channels:
-            raise ValueError("TFCNN needs at least one convolution, but channels=() was given.")
+            raise WeightspaceError("TFCNN needs at least one convolution, but channels=() was given.")
         self.in_channels = int(in_channels)
         self.channels = channels
         self.num_classes = int(num_classes)

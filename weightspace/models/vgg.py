@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from weightspace.errors import WeightspaceError
 from weightspace.models.activations import make_activation
 
 VGG11_CFG: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
@@ -76,18 +77,18 @@ class VGG(nn.Module):
     ) -> None:
         super().__init__()
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ValueError(f"VGG width must be a positive integer, got {width!r}.")
+            raise WeightspaceError(f"VGG width must be a positive integer, got {width!r}.")
         cfg = tuple(cfg)
         bad = [entry for entry in cfg if entry != "M" and not isinstance(entry, int)]
         if bad or not any(isinstance(entry, int) for entry in cfg):
-            raise ValueError(
+            raise WeightspaceError(
                 f"VGG cfg must contain channel counts (int) and 'M' (max pool), with at "
                 f"least one int; got {cfg!r}."
             )
         num_pools = cfg.count("M")
         spatial = _spatial_size(input_size, num_pools)
         if spatial < 1:
-            raise ValueError(
+            raise WeightspaceError(
                 f"VGG input_size={input_size} is too small for {num_pools} max pools "
                 f"(each halves the side length); use input_size >= {2**num_pools} "
                 f"or remove some 'M' entries from cfg."

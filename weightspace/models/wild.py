@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from weightspace.errors import WeightspaceError
 from weightspace.models.activations import make_activation
 
 
@@ -27,7 +28,7 @@ def _per_layer(name: str, value: int | Sequence[int] | None, n_layers: int, defa
     if isinstance(value, (list, tuple)):
         values = tuple(value)
         if len(values) != n_layers:
-            raise ValueError(
+            raise WeightspaceError(
                 f"WildCNN {name} has {len(values)} entries but n_layers={n_layers}; give an int "
                 f"or one value per layer."
             )
@@ -35,7 +36,7 @@ def _per_layer(name: str, value: int | Sequence[int] | None, n_layers: int, defa
         values = (value,) * n_layers
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "padding" else 1):
-            raise ValueError(f"WildCNN {name} must be positive integers, got {value!r}.")
+            raise WeightspaceError(f"WildCNN {name} must be positive integers, got {value!r}.")
     return values
 
 
@@ -114,9 +115,9 @@ class WildCNN(nn.Module):
     ) -> None:
         super().__init__()
         if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
-            raise ValueError(f"WildCNN n_layers must be a positive integer, got {n_layers!r}.")
+            raise WeightspaceError(f"WildCNN n_layers must be a positive integer, got {n_layers!r}.")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"WildCNN dropout must be in [0, 1), got {dropout!r}.")
+            raise WeightspaceError(f"WildCNN dropout must be in [0, 1), got {dropout!r}.")
         widths = _per_layer("channels", channels, n_layers)
         kernels = _per_layer("kernel_size", kernel_size, n_layers)
         strides = _per_layer("stride", stride, n_layers)

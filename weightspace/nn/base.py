@@ -26,6 +26,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
+from weightspace.errors import WeightspaceError
 from weightspace.graph import GraphTemplate
 from weightspace.spec import StateDictMismatchError, WeightSpaceSpec
 
@@ -35,7 +36,7 @@ HEADS = ("invariant", "equivariant")
 def check_head(head: str, supported: tuple[str, ...] = HEADS, model: str = "this model") -> str:
     """Validate a ``head`` argument with an error that lists the choices."""
     if head not in supported:
-        raise ValueError(f"head={head!r} is not supported by {model}; choose one of {list(supported)}")
+        raise WeightspaceError(f"head={head!r} is not supported by {model}; choose one of {list(supported)}")
     return head
 
 

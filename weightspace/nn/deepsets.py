@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 from torch_geometric.utils import scatter
 
+from weightspace.errors import WeightspaceError
 from weightspace.graph import GraphTemplate
 from weightspace.nn.base import check_head
 from weightspace.nn.encoders import (
@@ -101,7 +102,7 @@ class EdgeDeepSets(nn.Module):
             raise TypeError(f"expected a GraphTemplate, got {type(template).__name__}; "
                             "make one with GraphTemplate.for_spec(spec)")
         if aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation={aggregation!r} is not supported; choose one of "
+            raise WeightspaceError(f"aggregation={aggregation!r} is not supported; choose one of "
                              f"{list(AGGREGATIONS)}")
         self.head = check_head(head, ("invariant",), model="EdgeDeepSets")
         self.template = template

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 from torch_geometric.utils import scatter
 
+from weightspace.errors import WeightspaceError
 from weightspace.graph.schema import (
     ACTIVATIONS,
     EDGE_TYPES,
@@ -203,7 +204,7 @@ class NodeEncoder(nn.Module):
     def forward(self, data: Data) -> Tensor:
         x = data.x
         if x.shape[-1] != self.value_dim:
-            raise ValueError(f"graph node features have width {x.shape[-1]}, this encoder was built "
+            raise WeightspaceError(f"graph node features have width {x.shape[-1]}, this encoder was built "
                              f"for {self.value_dim}; build the metanetwork from a template of these "
                              "graphs (GraphTemplate.common for mixed architectures)")
         mask = data.x_mask.to(x.dtype)
@@ -250,7 +251,7 @@ class EdgeEncoder(nn.Module):
     def forward(self, data: Data) -> Tensor:
         e = data.edge_attr
         if e.shape[-1] != self.edge_dim:
-            raise ValueError(f"graph edge features have width {e.shape[-1]}, this encoder was built "
+            raise WeightspaceError(f"graph edge features have width {e.shape[-1]}, this encoder was built "
                              f"for {self.edge_dim}; build the metanetwork from a template of these "
                              "graphs (GraphTemplate.common for mixed architectures)")
         depth = data.node_depth[data.edge_index[1]].clamp(max=MAX_DEPTH - 1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
+from weightspace.errors import WeightspaceError
 from weightspace.graph import GraphTemplate
 from weightspace.nn.base import FlatMetanetwork, check_head
 
@@ -30,9 +31,9 @@ def make_mlp(in_dim: int, hidden: int, out_dim: int, num_layers: int, dropout: f
         - output: ``[*, out_dim]``
     """
     if num_layers < 1:
-        raise ValueError(f"num_layers must be at least 1, got {num_layers}")
+        raise WeightspaceError(f"num_layers must be at least 1, got {num_layers}")
     if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        raise WeightspaceError(f"dropout must be in [0, 1), got {dropout}")
     layers: list[nn.Module] = []
     width = in_dim
     for _ in range(num_layers - 1):

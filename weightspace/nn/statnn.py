@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
+from weightspace.errors import WeightspaceError
 from weightspace.graph import GraphTemplate
 from weightspace.nn.base import FlatMetanetwork, check_head, flat_parameters
 from weightspace.nn.flat_mlp import make_mlp
@@ -130,7 +131,7 @@ class StatNN(FlatMetanetwork):
         self.head = check_head(head, ("invariant",), model="StatNN")
         self.num_features = len(STATISTICS) * len(statistic_entries(self.spec))
         if self.num_features == 0:
-            raise ValueError("StatNN needs at least one floating-point parameter with a layer; "
+            raise WeightspaceError("StatNN needs at least one floating-point parameter with a layer; "
                              "the spec has none")
         self.register_buffer("feature_mean", torch.zeros(self.num_features))
         self.register_buffer("feature_std", torch.ones(self.num_features))
@@ -151,7 +152,7 @@ class StatNN(FlatMetanetwork):
         """
         params = flat_parameters(params_or_batch, self.template)
         if params.shape[0] < 2:
-            raise ValueError("fit_normalisation needs at least 2 networks to estimate a spread")
+            raise WeightspaceError("fit_normalisation needs at least 2 networks to estimate a spread")
         stats = layer_statistics(self.spec, params.to(torch.float64))
         std = stats.std(0)
         std = torch.where(std > eps, std, torch.ones_like(std))

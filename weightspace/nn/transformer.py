@@ -34,6 +34,7 @@ from torch_geometric.data import Data
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import softmax
 
+from weightspace.errors import WeightspaceError
 from weightspace.graph import GraphTemplate
 from weightspace.nn.base import check_head, graph_batch
 from weightspace.nn.encoders import (
@@ -88,9 +89,9 @@ class RelationalAttention(MessagePassing):
 
     def __init__(self, hidden: int, heads: int = 4, dropout: float = 0.0, direction: str = "forward") -> None:
         if direction not in DIRECTIONS:
-            raise ValueError(f"direction={direction!r}; choose one of {list(DIRECTIONS)}")
+            raise WeightspaceError(f"direction={direction!r}; choose one of {list(DIRECTIONS)}")
         if hidden % heads:
-            raise ValueError(f"hidden={hidden} must be divisible by heads={heads}")
+            raise WeightspaceError(f"hidden={hidden} must be divisible by heads={heads}")
         flow = "source_to_target" if direction == "forward" else "target_to_source"
         super().__init__(aggr="add", flow=flow, node_dim=0)
         self.hidden, self.heads, self.direction = hidden, heads, direction
@@ -263,7 +264,7 @@ class GraphTransformer(nn.Module):
             raise TypeError(f"expected a GraphTemplate, got {type(template).__name__}; "
                             "make one with GraphTemplate.for_spec(spec)")
         if hidden % heads:
-            raise ValueError(f"hidden={hidden} must be divisible by heads={heads}")
+            raise WeightspaceError(f"hidden={hidden} must be divisible by heads={heads}")
         self.template = template
         self.head = check_head(head, model="GraphTransformer")
         self.out_dim = out_dim

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from weightspace.errors import WeightspaceError
 from weightspace.spec.containers import WeightSpaceSpec
 
 #: Spec roles of the parameters that magnitude pruning may zero.
@@ -65,7 +66,7 @@ def check_sparsity(sparsity: Any, name: str = "sparsity") -> float:
         raise TypeError(f"{name} must be a number in [0, 1), got {type(sparsity).__name__}")
     value = float(sparsity)
     if not 0.0 <= value < 1.0:  # also rejects NaN
-        raise ValueError(
+        raise WeightspaceError(
             f"{name} must be in [0, 1) (the fraction of prunable weights set to zero), "
             f"got {sparsity!r}"
         )
@@ -80,15 +81,15 @@ def check_masks(masks: Mapping[str, Tensor], shapes: Mapping[str, tuple[int, ...
         raise TypeError(f"{label} must be a dict of boolean tensors, got {type(masks).__name__}")
     for key, mask in masks.items():
         if key not in shapes:
-            raise ValueError(
+            raise WeightspaceError(
                 f"{label} has a mask for {key!r}, which is not a {what}; "
                 f"valid names are {sorted(shapes)}"
             )
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
             kind = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
-            raise ValueError(f"{label}[{key!r}] must be a boolean tensor (True = kept), got {kind}")
+            raise WeightspaceError(f"{label}[{key!r}] must be a boolean tensor (True = kept), got {kind}")
         if tuple(mask.shape) != tuple(shapes[key]):
-            raise ValueError(
+            raise WeightspaceError(
                 f"{label}[{key!r}] has shape {list(mask.shape)}, the parameter has shape "
                 f"{list(shapes[key])}"
             )
@@ -150,7 +151,7 @@ def magnitude_masks(
     """
     sparsity = check_sparsity(sparsity)
     if scope not in SCOPES:
-        raise ValueError(f"unknown scope {scope!r}; valid values are {', '.join(SCOPES)}")
+        raise WeightspaceError(f"unknown scope {scope!r}; valid values are {', '.join(SCOPES)}")
     spec.check_state_dict(state_dict)
     names = prunable_parameters(spec)
     shapes = {name: spec.parameter(name).shape for name in names}
@@ -183,7 +184,7 @@ def _prune_group(state_dict: Mapping[str, Tensor], group: tuple[str, ...],
     already = total - int(kept.sum())
     if already > target:
         where = "in total" if scope == "global" else f"in {group[0]!r}"
-        raise ValueError(
+        raise WeightspaceError(
             f"existing masks already prune {already} of {total} weights {where} "
             f"({already / total:.4f}), more than sparsity={sparsity} asks for ({target}); "
             f"pruned weights are never restored"
@@ -192,7 +193,7 @@ def _prune_group(state_dict: Mapping[str, Tensor], group: tuple[str, ...],
     candidate_magnitudes = magnitudes[candidates]
     if not bool(torch.isfinite(candidate_magnitudes).all()):
         bad = next(name for name in group if not bool(torch.isfinite(state_dict[name]).all()))
-        raise ValueError(
+        raise WeightspaceError(
             f"state_dict[{bad!r}] contains NaN or infinite values; magnitude pruning needs "
             f"finite weights"
         )
@@ -360,7 +361,7 @@ def attach_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> MaskHandle:
     buffers = {name for name, _ in model.named_buffers()}
     for name in masks:
         if name in buffers:
-            raise ValueError(f"masks[{name!r}] names a buffer; only parameters can be masked")
+            raise WeightspaceError(f"masks[{name!r}] names a buffer; only parameters can be masked")
     check_masks(masks, {k: tuple(p.shape) for k, p in parameters.items()},
                 what="parameter of the model")
 

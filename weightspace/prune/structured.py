@@ -103,15 +103,14 @@ def group_sums(values: Mapping[str, Tensor], spec: WeightSpaceSpec,
     """
     spaces = set(pruneable_spaces(spec) if spaces is None else spaces)
     out: dict[str, Tensor] = {}
-    for p in spec.parameters:
-        if p.role not in roles or p.name not in values:
+    for space in spec.spaces:
+        if space.name not in spaces:
             continue
-        for axis, a in enumerate(p.axes):
-            if a is None or a.space not in spaces:
+        for ref in spec.axes_of(space.name):
+            if ref.parameter not in values or spec.parameter(ref.parameter).role not in roles:
                 continue
-            size = spec.space(a.space).size
-            part = _per_neuron(values[p.name], axis, size, a.block)
-            out[a.space] = out[a.space] + part if a.space in out else part
+            part = _per_neuron(values[ref.parameter], ref.axis, space.size, ref.block)
+            out[space.name] = out[space.name] + part if space.name in out else part
     return out
 
 
@@ -200,8 +199,9 @@ def _norm_scale_importance(state_dict: Mapping[str, Tensor], spec: WeightSpaceSp
     if spaces is None:
         # network slimming scores the spaces that carry a norm scale; the
         # others (e.g. a classifier's hidden linear layers) keep every neuron
-        normed = {a.space for p in spec.parameters if p.role == "norm_weight"
-                  for a in p.axes if a is not None}
+        normed = {s.name for s in spec.spaces
+                  if any(spec.parameter(r.parameter).role == "norm_weight"
+                         for r in spec.axes_of(s.name))}
         spaces = [s for s in pruneable_spaces(spec) if s in normed]
         skipped = sorted(set(pruneable_spaces(spec)) - normed)
         if skipped:

@@ -497,18 +497,20 @@ class WeightSpaceSpec:
         return out
 
     # ------------------------------------------------------------- symmetries
-    def identity_permutation(self):
-        """The identity :class:`~weightspace.spec.symmetry.Permutation`."""
+    def identity_permutation(self, batch_size: int | None = None):
+        """The identity :class:`~weightspace.spec.symmetry.Permutation`
+        (``[B, n]`` per space with ``batch_size=B``)."""
         from weightspace.spec.symmetry import identity_permutation
 
-        return identity_permutation(self)
+        return identity_permutation(self, batch_size)
 
-    def random_permutation(self, generator: torch.Generator | None = None):
+    def random_permutation(self, generator: torch.Generator | None = None,
+                           batch_size: int | None = None):
         """A random :class:`~weightspace.spec.symmetry.Permutation` of every
-        permutable space."""
+        permutable space (one per row with ``batch_size=B``)."""
         from weightspace.spec.symmetry import random_permutation
 
-        return random_permutation(self, generator)
+        return random_permutation(self, generator, batch_size)
 
     def permute(self, state_dict: Mapping[str, Tensor], perm) -> dict[str, Tensor]:
         """Apply a permutation to a state dict (buffers included)."""
@@ -517,29 +519,37 @@ class WeightSpaceSpec:
         return permute(self, state_dict, perm)
 
     def permute_flat(self, params: Tensor, perm) -> Tensor:
-        """Apply a permutation to flat vectors ``[P]`` or ``[N, P]`` in one gather."""
+        """Apply a permutation to flat vectors ``[P]`` / ``[N, P]`` (or a batch
+        of permutations to ``[B, P]``, row by row) in one gather."""
         from weightspace.spec.symmetry import permute_flat
 
         return permute_flat(self, params, perm)
 
     def random_scaling(self, generator: torch.Generator | None = None, low: float = 0.5,
-                       high: float = 2.0):
+                       high: float = 2.0, batch_size: int | None = None):
         """Random positive per-neuron factors for the spaces with a scaling symmetry."""
         from weightspace.spec.symmetry import random_scaling
 
-        return random_scaling(self, generator, low, high)
+        return random_scaling(self, generator, low, high, batch_size)
 
-    def random_sign_flip(self, generator: torch.Generator | None = None):
+    def random_sign_flip(self, generator: torch.Generator | None = None, p: float = 0.5,
+                         batch_size: int | None = None):
         """Random ``±1`` per-neuron factors for the spaces with a sign symmetry."""
         from weightspace.spec.symmetry import random_sign_flip
 
-        return random_sign_flip(self, generator)
+        return random_sign_flip(self, generator, p, batch_size)
 
     def rescale(self, state_dict: Mapping[str, Tensor], scaling) -> dict[str, Tensor]:
         """Apply a :class:`~weightspace.spec.symmetry.NeuronScaling`."""
         from weightspace.spec.symmetry import rescale
 
         return rescale(self, state_dict, scaling)
+
+    def rescale_flat(self, params: Tensor, scaling) -> Tensor:
+        """Apply a (single or batched) scaling to flat vectors."""
+        from weightspace.spec.symmetry import rescale_flat
+
+        return rescale_flat(self, params, scaling)
 
     # ----------------------------------------------------------- serialisation
     def to_dict(self) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from weightspace.errors import WeightspaceError
+
 logger = logging.getLogger(__name__)
 
 
@@ -27,9 +29,9 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise ValueError(f"device {name!r} is not a device name (auto, cpu, cuda, cuda:1 ...)") from exc
+        raise WeightspaceError(f"device {name!r} is not a device name (auto, cpu, cuda, cuda:1 ...)") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but CUDA is not available; use --device auto")
+        raise WeightspaceError(f"device {name!r} was asked for but CUDA is not available; use --device auto")
     return device
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from weightspace.errors import WeightspaceError
 from weightspace.spec import WeightSpaceSpec
 
 Aligner = Callable[[Tensor, Tensor, WeightSpaceSpec], Tensor]
@@ -60,9 +61,9 @@ class WeightMixup:
 
     def __init__(self, alpha: float = 0.2, p: float = 1.0, align: Aligner | None = None) -> None:
         if alpha <= 0:
-            raise ValueError(f"WeightMixup alpha must be positive, got {alpha}")
+            raise WeightspaceError(f"WeightMixup alpha must be positive, got {alpha}")
         if not 0.0 <= p <= 1.0:
-            raise ValueError(f"WeightMixup p must be in [0, 1], got {p}")
+            raise WeightspaceError(f"WeightMixup p must be in [0, 1], got {p}")
         self.alpha = float(alpha)
         self.p = float(p)
         self.align = align
@@ -70,7 +71,7 @@ class WeightMixup:
     def __call__(self, params: Tensor, spec: WeightSpaceSpec,
                  generator: torch.Generator | None = None) -> MixedBatch:
         if params.dim() != 2 or params.shape[1] != spec.num_parameters:
-            raise ValueError(f"WeightMixup expects [k, {spec.num_parameters}] parameters, got "
+            raise WeightspaceError(f"WeightMixup expects [k, {spec.num_parameters}] parameters, got "
                              f"{list(params.shape)}")
         k = params.shape[0]
         partner = torch.randperm(k, generator=generator)

@@ -34,7 +34,9 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from weightspace.errors import WeightspaceError
 from weightspace.spec.containers import ScaleRule, WeightSpaceSpec
+from weightspace.spec.symmetry import multiply_rules_flat, permutation_index
 
 __all__ = [
     "Compose",
@@ -46,7 +48,6 @@ __all__ = [
     "SirenBiasShift",
     "WeightDropout",
     "WeightTransform",
-    "batch_permutation_index",
 ]
 
 
@@ -72,27 +73,6 @@ def _learnable_mask(spec: WeightSpaceSpec, device: torch.device) -> Tensor:
             start, end = spec.offsets[p.name]
             mask[start:end] = True
     return mask.to(device)
-
-
-def _multiply_rules(
-    out: Tensor, spec: WeightSpaceSpec, rules: Sequence[ScaleRule], factors: Tensor
-) -> None:
-    """In place: multiply ``out`` (``[B, P]``) along each rule's axis by
-    ``factors ** rule.power``, one ``[n]`` row of ``factors`` (``[B, n]``)
-    per row of ``out``."""
-    batch = out.shape[0]
-    for rule in rules:
-        p = spec.parameter(rule.parameter)
-        start, end = spec.offsets[p.name]
-        axis = p.axes[rule.axis]
-        block = axis.block if axis is not None else 1
-        # power first, in float64, then one rounding to the parameters' dtype
-        f = (factors.repeat_interleave(block, dim=1) ** rule.power).to(out.device, out.dtype)
-        shape = [batch] + [1] * len(p.shape)
-        shape[1 + rule.axis] = -1
-        # a column slice of a contiguous [B, P] tensor can be viewed as
-        # [B, *shape]: only its last (unit-stride) dimension is split
-        out[:, start:end].view(batch, *p.shape).mul_(f.reshape(shape))
 
 
 def _activations(spec: WeightSpaceSpec) -> str:
@@ -127,18 +107,18 @@ class WeightTransform(ABC):
                 f"got {type(params).__name__}"
             )
         if params.dim() not in (1, 2):
-            raise ValueError(
+            raise WeightspaceError(
                 f"{type(self).__name__} expects flat parameters of shape [P] or [B, P], "
                 f"got shape {list(params.shape)}"
             )
         if params.shape[-1] != spec.num_parameters:
-            raise ValueError(
+            raise WeightspaceError(
                 f"{type(self).__name__} got flat parameters with {params.shape[-1]} values "
                 f"in the last dimension, but the spec has {spec.num_parameters} parameters; "
                 f"are they from another architecture?"
             )
         if not params.is_floating_point():
-            raise ValueError(
+            raise WeightspaceError(
                 f"{type(self).__name__} expects floating-point parameters, got {params.dtype}"
             )
         batch = params if params.dim() == 2 else params.unsqueeze(0)
@@ -156,106 +136,6 @@ class WeightTransform(ABC):
 
 
 # ------------------------------------------------------------ permutations
-def _random_permutations(
-    spec: WeightSpaceSpec, batch: int, generator: torch.Generator | None
-) -> dict[str, Tensor]:
-    """One uniformly random permutation per row and permutable space, as
-    ``space -> LongTensor[batch, n]``, respecting GroupNorm groups like
-    :func:`weightspace.spec.symmetry.random_permutation`.
-
-    Drawn as the argsort of uniform noise so that all rows come from one call
-    per space instead of ``batch`` calls to ``randperm``; float64 noise makes
-    ties (which would bias the draw) practically impossible."""
-    out = {}
-    for s in spec.permutable_spaces:
-        blocks = s.permutation_blocks
-        if blocks > 1:
-            size = s.size // blocks
-            order = _rand((batch, blocks), generator).argsort(dim=-1)
-            within = _rand((batch, blocks, size), generator).argsort(dim=-1)
-            out[s.name] = (order[:, :, None] * size + within).reshape(batch, s.size)
-        else:
-            out[s.name] = _rand((batch, s.size), generator).argsort(dim=-1)
-    return out
-
-
-def batch_permutation_index(
-    spec: WeightSpaceSpec,
-    perms: Mapping[str, Tensor],
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """The flat gather index of one permutation per row, the batched version of
-    :func:`weightspace.spec.symmetry.permutation_index`: row ``b`` of the
-    result is ``permutation_index(spec, Permutation({k: v[b] for k, v in
-    perms.items()}))``, so ``params.gather(-1, index)`` permutes each row of
-    ``params`` with its own permutation.
-
-    The index is built per parameter for the whole batch at once (a sum of
-    broadcast per-axis offsets), not per row. The permutations are not
-    checked to be valid symmetries (spaces absent from ``perms`` stay put).
-
-    Args:
-        spec: the weight-space spec.
-        perms: space name -> ``LongTensor[B, n]``, the convention of
-            :class:`~weightspace.spec.symmetry.Permutation` on each row.
-        device: where to build the index (the params' device avoids a copy).
-
-    Shapes:
-        - output: ``[B, P]`` (``int64``: ``8·B·P`` bytes).
-    """
-    perms = dict(perms)
-    batch = None
-    for name, p in perms.items():
-        space = spec.space(name)
-        if not space.permutable:
-            raise ValueError(f"space {name!r} is an {space.role} space and cannot be permuted")
-        if p.dim() != 2 or p.shape[1] != space.size:
-            raise ValueError(
-                f"permutations of space {name!r} have shape {list(p.shape)}, "
-                f"expected [B, {space.size}]"
-            )
-        if batch is not None and p.shape[0] != batch:
-            raise ValueError(
-                f"permutations of space {name!r} have {p.shape[0]} rows, "
-                f"the other spaces have {batch}"
-            )
-        batch = p.shape[0]
-    if batch is None:
-        raise ValueError("batch_permutation_index needs at least one space to know the batch size")
-    perms = {k: v.to(device=device, dtype=torch.long) for k, v in perms.items()}
-
-    # Written parameter by parameter into one [B, P] buffer, in place: the
-    # unpermuted axes give a [1, *shape] base shared by all rows, and each
-    # permuted axis adds a broadcast [B, 1, …, n, …, 1] term, so no [B, *shape]
-    # temporary is made (the index is the largest tensor of the transform).
-    index = torch.empty(batch, spec.num_parameters, dtype=torch.long, device=device)
-    for p in spec.parameters:
-        start, end = spec.offsets[p.name]
-        if start == end:
-            continue
-        base = torch.full((1,) * (len(p.shape) + 1), start, dtype=torch.long, device=device)
-        moves = []
-        stride = p.numel
-        for axis, (size, a) in enumerate(zip(p.shape, p.axes, strict=True)):
-            stride //= size  # row-major stride of this axis
-            shape = [1] * (len(p.shape) + 1)
-            shape[1 + axis] = size
-            if a is not None and a.space in perms:
-                pos = perms[a.space]
-                if a.block > 1:  # neuron i owns entries i·block … i·block + block − 1
-                    within = torch.arange(a.block, device=device)
-                    pos = (pos[:, :, None] * a.block + within).reshape(batch, size)
-                shape[0] = batch
-                moves.append((pos * stride).reshape(shape))
-            else:
-                base = base + (torch.arange(size, device=device) * stride).reshape(shape)
-        out = index[:, start:end].view(batch, *p.shape)
-        out.copy_(base.expand(batch, *p.shape))
-        for move in moves:
-            out.add_(move)
-    return index
-
-
 class RandomPermutation(WeightTransform):
     """Permute the neurons of every permutable (hidden) space at random.
 
@@ -269,7 +149,8 @@ class RandomPermutation(WeightTransform):
     move with their channels. Function-preserving exactly (a gather).
 
     A batch is permuted with one gather and a ``[B, P]`` index built for all
-    rows at once (see :func:`batch_permutation_index`).
+    rows at once (:func:`weightspace.spec.symmetry.permutation_index` of a
+    batched :class:`~weightspace.spec.symmetry.Permutation`).
 
     Shapes:
         - params: ``[P]`` or ``[B, P]``.
@@ -279,8 +160,8 @@ class RandomPermutation(WeightTransform):
     def forward(self, params, spec, generator):
         if not spec.permutable_spaces:
             return params.clone()
-        perms = _random_permutations(spec, params.shape[0], generator)
-        index = batch_permutation_index(spec, perms, device=params.device)
+        perm = spec.random_permutation(generator, batch_size=params.shape[0])
+        index = permutation_index(spec, perm, check=False, device=params.device)
         return params.gather(1, index)
 
 
@@ -308,18 +189,13 @@ class RandomScaling(WeightTransform):
 
     def __init__(self, low: float = 0.5, high: float = 2.0) -> None:
         if not 0 < low <= high:
-            raise ValueError(f"RandomScaling needs 0 < low <= high, got low={low}, high={high}")
+            raise WeightspaceError(f"RandomScaling needs 0 < low <= high, got low={low}, high={high}")
         self.low = float(low)
         self.high = float(high)
 
     def forward(self, params, spec, generator):
-        out = _copy(params)
-        lo, hi = math.log(self.low), math.log(self.high)
-        for s in spec.permutable_spaces:
-            if s.scale_rules:
-                u = _rand((params.shape[0], s.size), generator)
-                _multiply_rules(out, spec, s.scale_rules, torch.exp(lo + (hi - lo) * u))
-        return out
+        scaling = spec.random_scaling(generator, self.low, self.high, batch_size=params.shape[0])
+        return spec.rescale_flat(params, scaling)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(low={self.low}, high={self.high})"
@@ -346,17 +222,12 @@ class RandomSignFlip(WeightTransform):
 
     def __init__(self, p: float = 0.5) -> None:
         if not 0.0 <= p <= 1.0:
-            raise ValueError(f"RandomSignFlip needs 0 <= p <= 1, got p={p}")
+            raise WeightspaceError(f"RandomSignFlip needs 0 <= p <= 1, got p={p}")
         self.p = float(p)
 
     def forward(self, params, spec, generator):
-        out = _copy(params)
-        for s in spec.permutable_spaces:
-            if s.sign_rules:
-                flip = _rand((params.shape[0], s.size), generator) < self.p
-                signs = 1.0 - 2.0 * flip.to(torch.float64)
-                _multiply_rules(out, spec, s.sign_rules, signs)
-        return out
+        flips = spec.random_sign_flip(generator, self.p, batch_size=params.shape[0])
+        return spec.rescale_flat(params, flips)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(p={self.p})"
@@ -413,9 +284,9 @@ class SirenBiasShift(WeightTransform):
             w0 = float(w0)
             values = [w0]
         if not all(v > 0 and math.isfinite(v) for v in values):
-            raise ValueError(f"SirenBiasShift needs positive, finite w0, got {w0}")
+            raise WeightspaceError(f"SirenBiasShift needs positive, finite w0, got {w0}")
         if int(max_periods) != max_periods or max_periods < 1:
-            raise ValueError(f"SirenBiasShift needs an integer max_periods >= 1, got {max_periods}")
+            raise WeightspaceError(f"SirenBiasShift needs an integer max_periods >= 1, got {max_periods}")
         self.w0 = w0
         self.max_periods = int(max_periods)
         self.half_periods = bool(half_periods)
@@ -445,7 +316,7 @@ class SirenBiasShift(WeightTransform):
         missing = [n for n in spaces if n not in self.w0]
         extra = [n for n in self.w0 if n not in spaces]
         if missing or extra:
-            raise ValueError(
+            raise WeightspaceError(
                 f"SirenBiasShift w0 mapping must name exactly the sine spaces with a bias "
                 f"{list(spaces)}; missing {missing}, not sine spaces {extra}"
             )
@@ -454,7 +325,7 @@ class SirenBiasShift(WeightTransform):
     def forward(self, params, spec, generator):
         targets = self._sine_biases(spec)
         if not targets:
-            raise ValueError(
+            raise WeightspaceError(
                 f"SirenBiasShift needs a hidden space with a sine activation and a bias; "
                 f"the spec's hidden spaces have activations: {_activations(spec)}"
             )
@@ -470,7 +341,7 @@ class SirenBiasShift(WeightTransform):
                 # sin(z + π) = −sin(z): the readers of a neuron shifted by an odd
                 # number of half periods are negated
                 odd = halves.remainder(2).to(torch.float64)
-                _multiply_rules(out, spec, readers, 1.0 - 2.0 * odd)
+                multiply_rules_flat(spec, out, readers, 1.0 - 2.0 * odd)
             else:
                 bound = self.max_periods
                 halves = 2 * torch.randint(-bound, bound + 1, (batch, size), generator=generator)
@@ -508,7 +379,7 @@ class GaussianNoise(WeightTransform):
 
     def __init__(self, std: float = 0.01, relative: bool = False) -> None:
         if not (std >= 0 and math.isfinite(std)):
-            raise ValueError(f"GaussianNoise needs a finite std >= 0, got std={std}")
+            raise WeightspaceError(f"GaussianNoise needs a finite std >= 0, got std={std}")
         self.std = float(std)
         self.relative = bool(relative)
 
@@ -554,7 +425,7 @@ class WeightDropout(WeightTransform):
 
     def __init__(self, p: float = 0.1, rescale: bool = True) -> None:
         if not 0.0 <= p < 1.0:
-            raise ValueError(f"WeightDropout needs 0 <= p < 1, got p={p}")
+            raise WeightspaceError(f"WeightDropout needs 0 <= p < 1, got p={p}")
         self.p = float(p)
         self.rescale = bool(rescale)
 
@@ -637,7 +508,7 @@ class RandomApply(WeightTransform):
         if not callable(transform):
             raise TypeError(f"RandomApply expects a transform, got a {type(transform).__name__}")
         if not 0.0 <= p <= 1.0:
-            raise ValueError(f"RandomApply needs 0 <= p <= 1, got p={p}")
+            raise WeightspaceError(f"RandomApply needs 0 <= p <= 1, got p={p}")
         self.transform = transform
         self.p = float(p)
 

@@ -43,6 +43,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from weightspace.errors import WeightspaceError
 from weightspace.io import _fsync_directory, _fsync_file, _temporary_sibling
 from weightspace.spec import WeightSpaceSpec
 from weightspace.zoo import format as fmt
@@ -128,9 +129,9 @@ class ZooWriter:
         sync: bool = True,
     ) -> None:
         if nonfinite not in ("flag", "error"):
-            raise ValueError(f"nonfinite must be 'flag' or 'error', got {nonfinite!r}")
+            raise WeightspaceError(f"nonfinite must be 'flag' or 'error', got {nonfinite!r}")
         if duplicates not in ("error", "skip"):
-            raise ValueError(f"duplicates must be 'error' or 'skip', got {duplicates!r}")
+            raise WeightspaceError(f"duplicates must be 'error' or 'skip', got {duplicates!r}")
         self.path = Path(path)
         self.journal_path = journal_path(self.path)
         self.commit_rows = max(1, int(commit_rows))

@@ -42,6 +42,8 @@ import torch
 from torch import Tensor, nn
 
 from weightspace.data import Split, load_digits_split, load_npz_split
+from weightspace.errors import WeightspaceError
+from weightspace.spec import first_non_finite
 from weightspace.zoo.errors import ZooError
 from weightspace.zoo.rows import ZooRow
 
@@ -276,7 +278,7 @@ def state_dict_copy(model: nn.Module) -> dict[str, Tensor]:
 
 
 def all_finite(state_dict: Mapping[str, Tensor]) -> bool:
-    return all(bool(torch.isfinite(v).all()) for v in state_dict.values() if v.is_floating_point())
+    return first_non_finite(state_dict) is None
 
 
 # ---------------------------------------------------------------------- data
@@ -359,26 +361,26 @@ def load_image_data(data: str | os.PathLike | None) -> ImageData:
         x = getattr(raw, f"x_{part}")
         y = getattr(raw, f"y_{part}")
         if len(x) == 0:
-            raise ValueError(f"{path}: x_{part} is empty")
+            raise WeightspaceError(f"{path}: x_{part} is empty")
         if x.ndim == 2:
             side = math.isqrt(x.shape[1])
             if side * side != x.shape[1]:
-                raise ValueError(f"{path}: x_{part} has shape {tuple(x.shape)}; a flat image "
+                raise WeightspaceError(f"{path}: x_{part} has shape {tuple(x.shape)}; a flat image "
                                  f"[N, H*W] must have a square number of pixels")
             x = x.reshape(len(x), 1, side, side)
         elif x.ndim == 3:
             x = x.unsqueeze(1)
         elif x.ndim != 4:
-            raise ValueError(f"{path}: x_{part} has shape {tuple(x.shape)}; expected images "
+            raise WeightspaceError(f"{path}: x_{part} has shape {tuple(x.shape)}; expected images "
                              f"[N, H, W], [N, C, H, W] or [N, H*W]")
         if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{path}: x_{part} has non-finite values")
+            raise WeightspaceError(f"{path}: x_{part} has non-finite values")
         if y.ndim != 1 or bool((y < 0).any()):
-            raise ValueError(f"{path}: y_{part} must be a 1-D array of non-negative integer "
+            raise WeightspaceError(f"{path}: y_{part} must be a 1-D array of non-negative integer "
                              f"labels, got shape {tuple(y.shape)}")
         xs[part] = x.contiguous()
     if xs["train"].shape[1:] != xs["test"].shape[1:]:
-        raise ValueError(f"{path}: x_train images are {tuple(xs['train'].shape[1:])} but x_test "
+        raise WeightspaceError(f"{path}: x_train images are {tuple(xs['train'].shape[1:])} but x_test "
                          f"images are {tuple(xs['test'].shape[1:])}")
     split = Split(xs["train"], raw.y_train, xs["test"], raw.y_test)
     return ImageData(split, str(path))
