@@ -187,6 +187,7 @@ class Entry:
         return tuple(p.name for p in self.parameters() if p.keyword_only)
 
 
+@functools.cache
 def _signature_parameters(function: Callable[..., Any]) -> tuple[Parameter, ...]:
     skipped = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     out = []

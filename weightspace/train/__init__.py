@@ -1,7 +1,8 @@
 """Training metanetworks on zoos: configuration, tasks (:data:`TASKS`), the
 training loop (single process or DDP under ``torchrun``), and INR editing
 targets. The augmentations a config names are
-:data:`weightspace.zoo.augmentations.AUGMENTATIONS` (re-exported here)."""
+:data:`weightspace.zoo.augmentations.AUGMENTATIONS`, built by
+:func:`~weightspace.zoo.augmentations.make_augmentation` (both re-exported here)."""
 
 from weightspace.train.config import TrainConfig, apply_overrides, load_config, save_config
 from weightspace.train.distributed import resolve_device, setup_distributed, teardown_distributed
@@ -11,11 +12,10 @@ from weightspace.train.tasks import TASKS, ClassificationTask, EditTask, Regress
 from weightspace.train.trainer import (
     Trainer,
     TrainResult,
-    make_augmentation,
     split_rows,
     train_metanetwork,
 )
-from weightspace.zoo.augmentations import AUGMENTATIONS
+from weightspace.zoo.augmentations import AUGMENTATIONS, make_augmentation
 
 __all__ = [
     "AUGMENTATIONS",

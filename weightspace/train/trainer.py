@@ -50,17 +50,10 @@ from weightspace.train.config import TrainConfig, save_config
 from weightspace.train.distributed import Distributed, setup_distributed, teardown_distributed
 from weightspace.train.tasks import make_task
 from weightspace.zoo import Zoo, ZooGraphDataset, split_by_run
-from weightspace.zoo.augmentations import compose_augmentations
+from weightspace.zoo.augmentations import make_augmentation
 from weightspace.zoo.mixup import WeightMixup
-from weightspace.zoo.transforms import WeightTransform
 
 logger = logging.getLogger(__name__)
-
-def make_augmentation(spec: dict[str, dict[str, Any]]) -> WeightTransform | None:
-    """The augmentations :attr:`TrainConfig.augment` names, composed (names of
-    :data:`weightspace.zoo.augmentations.AUGMENTATIONS`); ``None`` for none."""
-    return compose_augmentations(spec)
-
 
 def make_mixup(spec: dict[str, Any] | None) -> WeightMixup | None:
     if not spec:
@@ -353,4 +346,4 @@ def train_metanetwork(config: TrainConfig) -> TrainResult:
         teardown_distributed()
 
 
-__all__ = ["TrainResult", "Trainer", "make_augmentation", "split_rows", "train_metanetwork"]
+__all__ = ["TrainResult", "Trainer", "split_rows", "train_metanetwork"]

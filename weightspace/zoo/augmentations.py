@@ -3,7 +3,8 @@
 A training config names its augmentations with their arguments
 (``augment: {permutation: {}, noise: {std: 0.01}}``); :data:`AUGMENTATIONS`
 maps each name to its transform class of :mod:`weightspace.zoo.transforms`
-and :func:`compose_augmentations` builds them. An entry's parameters are the
+and :func:`make_augmentation` builds them (the trainer does, for
+:attr:`~weightspace.train.TrainConfig.augment`). An entry's parameters are the
 class's constructor arguments (:meth:`~weightspace.registry.Entry.parameters`).
 
 =====================  ======================================================
@@ -41,7 +42,7 @@ from weightspace.zoo.transforms import (
     WeightTransform,
 )
 
-__all__ = ["AUGMENTATIONS", "compose_augmentations"]
+__all__ = ["AUGMENTATIONS", "make_augmentation"]
 
 AUGMENTATIONS: Registry[Entry] = Registry("augmentation", (
     Entry("permutation", RandomPermutation, "permute the hidden neurons (function kept)",
@@ -64,7 +65,7 @@ AUGMENTATIONS: Registry[Entry] = Registry("augmentation", (
 """Weight-space augmentations by the name a training config gives them."""
 
 
-def compose_augmentations(spec: Mapping[str, Mapping[str, Any] | None]) -> WeightTransform | None:
+def make_augmentation(spec: Mapping[str, Mapping[str, Any] | None]) -> WeightTransform | None:
     """A :class:`~weightspace.zoo.transforms.Compose` of the named
     augmentations, in order, built with their arguments; ``None`` when
     ``spec`` is empty.
