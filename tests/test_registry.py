@@ -108,6 +108,11 @@ def test_parameters_are_read_from_the_signature(registry):
     assert pickle.loads(pickle.dumps(REQUIRED)) is REQUIRED
 
 
+def test_call_with_available_passes_what_the_signature_names(registry):
+    assert registry["halve"].call_with_available(1, y=3, scale=1.0, seed=7) == 4.0
+    assert registry["double"].call_with_available(5, y=3, scale=1.0) == 10
+
+
 def test_class_parameters_and_lazy_targets():
     entry = Entry("linear", "torch.nn:Linear", "an affine layer")
     assert entry.load() is torch.nn.Linear

@@ -158,6 +158,14 @@ class Entry:
         """Call the implementation: ``registry[name](...)`` runs the choice."""
         return self.load()(*args, **kwargs)
 
+    def call_with_available(self, *args: Any, **available: Any) -> Any:
+        """Call the implementation with ``args`` and those of the ``available``
+        keyword arguments its signature names: a registry whose entries need
+        different inputs (a criterion the data, another a seed) is called
+        with everything the caller has, and each takes what it uses."""
+        names = set(self.parameter_names())
+        return self(*args, **{k: v for k, v in available.items() if k in names})
+
     def parameters(self) -> tuple[Parameter, ...]:
         """The named parameters of the implementation (a class: of its
         constructor), in signature order; ``*args`` / ``**kwargs`` are left out."""

@@ -303,9 +303,8 @@ def neuron_importance(state_dict: Mapping[str, Tensor], spec: WeightSpaceSpec,
     """
     criterion = IMPORTANCE_METHODS.get(method)
     spec.check_state_dict(state_dict)
-    offered = {"model": model, "batches": batches, "seed": seed}
-    needs = {k: v for k, v in offered.items() if k in criterion.parameter_names()}
-    return criterion(state_dict, spec, spaces, **needs)
+    return criterion.call_with_available(state_dict, spec, spaces, model=model, batches=batches,
+                                         seed=seed)
 
 
 # ------------------------------------------------------------------- selection

@@ -92,13 +92,12 @@ def edit_images(images: ImageData, op: str = "dilate", size: int = 3) -> ImageDa
     """
     entry = EDIT_OPS.get(op)
     split = images.split
-    offered = {"size": size,
-               "lo": float(min(split.x_train.min(), split.x_test.min())),
-               "hi": float(max(split.x_train.max(), split.x_test.max()))}
-    needs = {k: v for k, v in offered.items() if k in entry.parameter_names()}
+    lo = float(min(split.x_train.min(), split.x_test.min()))
+    hi = float(max(split.x_train.max(), split.x_test.max()))
 
     def apply(x: Tensor) -> Tensor:
-        return torch.from_numpy(np.ascontiguousarray(entry(x.numpy(), **needs)))
+        edited = entry.call_with_available(x.numpy(), size=size, lo=lo, hi=hi)
+        return torch.from_numpy(np.ascontiguousarray(edited))
 
     edited = type(split)(apply(split.x_train), split.y_train, apply(split.x_test), split.y_test)
     # the pixel scale must be the original images' (a dilated image is brighter)
