@@ -1,4 +1,5 @@
-"""Shared fixtures: traced test architectures, built once per session."""
+"""Shared fixtures: traced test architectures, the digits data and two MLPs
+trained on it, built once per session."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from torch import Tensor, nn
 import weightspace
 from tests.architectures import ARCHITECTURES, Arch, build, example_input
 from weightspace import WeightSpaceSpec
+from weightspace.classify import train_classifier
+from weightspace.data import load_digits_split
+from weightspace.models import MLP
 
 
 @dataclass(frozen=True)
@@ -44,3 +48,27 @@ def traced() -> Callable[..., Traced]:
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def digits_flat():
+    """The digits split with flat ``[N, 64]`` inputs."""
+    return load_digits_split(flat=True)
+
+
+@pytest.fixture(scope="session")
+def digits_images():
+    """The digits split with ``[N, 1, 8, 8]`` images."""
+    return load_digits_split()
+
+
+@pytest.fixture(scope="session")
+def trained_mlps(digits_flat):
+    """Two MLPs trained from different initialisations (not aligned) and their
+    spec (REPAIR and barrier tests). Do not modify them."""
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(train_classifier(MLP(hidden=(64, 64)), digits_flat, epochs=5, seed=seed))
+    spec = weightspace.trace(models[0], (2, 64))
+    return models[0], models[1], spec

@@ -34,10 +34,10 @@ from pathlib import Path
 
 import torch
 
-from weightspace.align import merge_many, weight_matching
+from weightspace.align import merge_many, reset_batchnorm, weight_matching
+from weightspace.align.batchnorm import batchnorm_modules
 from weightspace.classify import evaluate, load_split, train_classifier
-from weightspace.merge import average, barrier, interpolation_path, plot_barrier, reset_batchnorm
-from weightspace.merge.batchnorm import batchnorm_modules
+from weightspace.merge import average, barrier, interpolation_path, plot_barrier
 from weightspace.models import build_model
 from weightspace.spec import trace
 

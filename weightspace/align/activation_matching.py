@@ -15,8 +15,8 @@ Spaces are independent (each cost only depends on the data and the two
 fixed networks), so one assignment per space solves the problem: there are no
 sweeps.
 
-Which activations. The hooked values are found by
-:func:`weightspace.merge.repair.repair_points`: for every layer of a
+Which activations. The hooked values are the ``pre_activation`` sites of
+:func:`weightspace.activations.activation_sites`: for every layer of a
 permutable space, the output of its norm (BatchNorm / LayerNorm /
 GroupNorm …) if it has one, else the output of its Linear/Conv module. For a
 layer without a residual input the layer's nonlinearity (``LayerSpec
@@ -47,79 +47,47 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from weightspace.activations import (
+    ActivationSite,
+    Capture,
+    CrossMoments,
+    activation_sites,
+    capture,
+    channel_samples,
+    eval_mode,
+    first_tensor,
+)
 from weightspace.align.weight_matching import (
     WeightMatchingResult,
     check_states,
     solve_assignment,
 )
-from weightspace.merge.batchnorm import _first_tensor
-from weightspace.merge.repair import RepairPoint, _Eval, repair_points
+from weightspace.errors import WeightspaceError
 from weightspace.models.activations import make_activation
 from weightspace.spec.containers import WeightSpaceSpec
 from weightspace.spec.symmetry import Permutation
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["activation_matching", "activation_points"]
+__all__ = ["activation_matching", "matching_sites"]
 
-_STD_FLOOR = 1e-12
 _COSTS = ("correlation", "inner")
 
 
-def activation_points(model: nn.Module, spec: WeightSpaceSpec) -> dict[str, list[RepairPoint]]:
-    """``{space: [points]}``: the modules whose outputs give each permutable
-    space's features (see the module docstring). A permutable space without a
-    hookable layer is left out (a warning names it)."""
+def matching_sites(model: nn.Module, spec: WeightSpaceSpec) -> dict[str, list[ActivationSite]]:
+    """``{space: [sites]}``: where each permutable space's features are read
+    (see the module docstring). A permutable space without a hookable layer
+    is left out (a warning names it)."""
     permutable = {s.name for s in spec.permutable_spaces}
-    out: dict[str, list[RepairPoint]] = {name: [] for name in permutable}
-    for point in repair_points(model, spec):
-        space = spec.layer(point.layer).space
-        if space in out:
-            out[space].append(point)
-    for name in [n for n, pts in out.items() if not pts]:
+    out: dict[str, list[ActivationSite]] = {name: [] for name in permutable}
+    for site in activation_sites(model, spec):
+        if site.space in out:
+            out[site.space].append(site)
+    for name in [n for n, sites in out.items() if not sites]:
         logger.warning("activation matching: no Linear/Conv/norm module found for space %r; "
                        "it keeps the identity permutation", name)
         del out[name]
     return out
-
-
-class _Stats:
-    """Sufficient statistics of (Z_a, Z_b) for one space, in float64."""
-
-    def __init__(self, n: int, device: torch.device) -> None:
-        kw = {"dtype": torch.float64, "device": device}
-        self.count = 0
-        self.sum_a = torch.zeros(n, **kw)
-        self.sum_b = torch.zeros(n, **kw)
-        self.sq_a = torch.zeros(n, **kw)
-        self.sq_b = torch.zeros(n, **kw)
-        self.cross = torch.zeros(n, n, **kw)
-
-    def update(self, za: Tensor, zb: Tensor) -> None:
-        za, zb = za.double(), zb.double()
-        self.count += za.shape[0]
-        self.sum_a += za.sum(0)
-        self.sum_b += zb.sum(0)
-        self.sq_a += (za * za).sum(0)
-        self.sq_b += (zb * zb).sum(0)
-        self.cross += za.T @ zb
-
-    def cost(self, kind: str) -> Tensor:
-        n = self.count
-        if kind == "inner":
-            return self.cross / n
-        mean_a, mean_b = self.sum_a / n, self.sum_b / n
-        var_a = (self.sq_a / n - mean_a**2).clamp_min(0)
-        var_b = (self.sq_b / n - mean_b**2).clamp_min(0)
-        cov = self.cross / n - mean_a[:, None] * mean_b[None, :]
-        std = var_a.sqrt().clamp_min(_STD_FLOOR)[:, None] * var_b.sqrt().clamp_min(_STD_FLOOR)
-        return cov / std
-
-
-def _features(value: Tensor, channel_dim: int) -> Tensor:
-    """``[..., C, ...] → [samples, C]`` (every position a sample)."""
-    value = value.detach().movedim(channel_dim, -1)
-    return value.reshape(-1, value.shape[-1])
 
 
 def _batches(inputs: Tensor | Iterable[Tensor], batch_size: int, max_samples: int | None,
@@ -127,8 +95,9 @@ def _batches(inputs: Tensor | Iterable[Tensor], batch_size: int, max_samples: in
     """Yield batches of at most ``batch_size`` samples (``max_samples`` in all)."""
     if isinstance(inputs, Tensor):
         if inputs.dim() == 0 or len(inputs) == 0:
-            raise ValueError(f"inputs is empty: activation matching needs at least one sample, "
-                             f"got a tensor of shape {list(inputs.shape)}")
+            raise WeightspaceError(f"inputs is empty: activation matching needs at least one "
+                                   f"sample, got a tensor of shape {list(inputs.shape)}",
+                                   parameter="inputs")
         if max_samples is not None and max_samples < len(inputs):
             g = torch.Generator().manual_seed(seed)
             index = torch.randperm(len(inputs), generator=g)[:max_samples].sort().values
@@ -137,9 +106,10 @@ def _batches(inputs: Tensor | Iterable[Tensor], batch_size: int, max_samples: in
         return
     seen = 0
     for item in inputs:
-        batch = _first_tensor(item)
+        batch = first_tensor(item)
         if batch.dim() == 0:
-            raise ValueError("inputs: every batch needs a batch axis, got a 0-d tensor")
+            raise WeightspaceError("inputs: every batch needs a batch axis, got a 0-d tensor",
+                                   parameter="inputs")
         if max_samples is not None:
             batch = batch[: max_samples - seen]
         if len(batch) == 0:
@@ -150,6 +120,137 @@ def _batches(inputs: Tensor | Iterable[Tensor], batch_size: int, max_samples: in
         seen += len(batch)
         if max_samples is not None and seen >= max_samples:
             return
+
+
+def _check_arguments(model: nn.Module, batch_size: int, max_samples: int | None,
+                     tie_break: float, cost: str) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise WeightspaceError(f"batch_size must be a positive integer, got {batch_size!r}",
+                               parameter="batch_size")
+    if max_samples is not None and (isinstance(max_samples, bool)
+                                    or not isinstance(max_samples, int) or max_samples < 1):
+        raise WeightspaceError(f"max_samples must be a positive integer or None, got "
+                               f"{max_samples!r}", parameter="max_samples")
+    if not (isinstance(tie_break, (int, float)) and math.isfinite(tie_break) and tie_break >= 0):
+        raise WeightspaceError(f"tie_break must be a finite number >= 0, got {tie_break!r}",
+                               parameter="tie_break")
+    if cost not in _COSTS:
+        raise WeightspaceError(f"cost must be one of {_COSTS}, got {cost!r}", parameter="cost")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+
+
+def _nonlinearities(spec: WeightSpaceSpec,
+                    sites: Mapping[str, list[ActivationSite]]) -> dict[ActivationSite, nn.Module]:
+    """The nonlinearity applied to each site's values to get post-activation
+    features; sites of residual layers (whose nonlinearity follows the
+    addition) and of linear layers have none."""
+    out: dict[ActivationSite, nn.Module] = {}
+    for site in (site for space_sites in sites.values() for site in space_sites):
+        layer = spec.layer(site.layer)
+        residual = any(i.kind == "residual" for i in layer.inputs)
+        if not residual and layer.activation != "identity":
+            try:
+                out[site] = make_activation(layer.activation)
+            except ValueError:
+                logger.warning("activation matching: unknown activation %r of layer %r; "
+                               "using its pre-activation", layer.activation, layer.name)
+    return out
+
+
+class _Statistics:
+    """The moments of every matched space, post-activation and (for the
+    tie-break) pre-activation, accumulated batch by batch."""
+
+    def __init__(self, spec: WeightSpaceSpec, sites: Mapping[str, list[ActivationSite]],
+                 nonlinearities: Mapping[ActivationSite, nn.Module], tie_break: float,
+                 device: torch.device) -> None:
+        self.sites, self.nonlinearities = sites, nonlinearities
+        self.sizes = {name: spec.space(name).size for name in sites}
+        self.device = device
+        self.post = {name: CrossMoments(self.sizes[name], device) for name in sites}
+        self.pre: dict[str, CrossMoments] = {}
+        self.tie_break = tie_break
+        self.samples = 0
+
+    def update(self, features: tuple[dict[ActivationSite, Tensor], dict[ActivationSite, Tensor]]
+               ) -> None:
+        """Add one batch: ``features`` are the hooked values of A and of B."""
+        for name, sites in self.sites.items():
+            post: tuple[list, list] = ([], [])
+            pre: tuple[list, list] = ([], [])
+            for site in sites:
+                for side, store in enumerate(features):
+                    value = channel_samples(store[site], site.channel_dim)
+                    pre[side].append(value)
+                    if site in self.nonlinearities:
+                        value = self.nonlinearities[site](value)
+                    post[side].append(value)
+            self.post[name].update(torch.cat(post[0]), torch.cat(post[1]))
+            if self.tie_break > 0 and any(site in self.nonlinearities for site in sites):
+                if name not in self.pre:
+                    self.pre[name] = CrossMoments(self.sizes[name], self.device)
+                self.pre[name].update(torch.cat(pre[0]), torch.cat(pre[1]))
+
+
+def _forward_features(seen: Capture, model: nn.Module, state: Mapping[str, Tensor],
+                      batch: Tensor) -> dict[ActivationSite, Tensor]:
+    """The hooked value of every site for ``model`` with ``state`` on ``batch``
+    (the last call's, for a module that runs more than once)."""
+    seen.clear()
+    functional_call(model, dict(state), (batch,))
+    seen.check_all_seen("activation matching")
+    return {site: values[-1] for site, values in seen.values.items()}
+
+
+def _collect_statistics(model: nn.Module, state_a: Mapping[str, Tensor],
+                        state_b: Mapping[str, Tensor], stats: _Statistics,
+                        batches: Iterable[Tensor]) -> None:
+    """Run A and B on every batch (eval mode, no gradients) into ``stats``."""
+    sites = [site for space_sites in stats.sites.values() for site in space_sites]
+    dtype = next((t.dtype for t in state_a.values() if t.is_floating_point()), torch.float32)
+    with eval_mode(model), torch.no_grad(), capture(model, sites) as seen:
+        for batch in batches:
+            batch = batch.to(stats.device)
+            if batch.is_floating_point():
+                batch = batch.to(dtype)
+            stats.samples += len(batch)
+            stats.update((_forward_features(seen, model, state_a, batch),
+                          _forward_features(seen, model, state_b, batch)))
+    if stats.samples == 0:
+        raise WeightspaceError("inputs is empty: activation matching needs at least one sample",
+                               parameter="inputs")
+
+
+def _space_cost(moments: CrossMoments, cost: str) -> Tensor:
+    return moments.inner() if cost == "inner" else moments.correlation()
+
+
+def _solve_spaces(spec: WeightSpaceSpec, stats: _Statistics,
+                  cost: str) -> tuple[dict[str, Tensor], float]:
+    """One assignment per matched space: ``(permutations, objective)``; the
+    objective sums the matched post-activation cost entries."""
+    perms = {s.name: torch.arange(s.size) for s in spec.permutable_spaces}
+    objective = 0.0
+    for s in spec.permutable_spaces:
+        if s.name not in stats.post:
+            continue
+        c = _space_cost(stats.post[s.name], cost)
+        if s.name in stats.pre:
+            solve = c + stats.tie_break * _space_cost(stats.pre[s.name], cost)
+        else:
+            solve = c
+        if not bool(torch.isfinite(solve).all()):
+            raise WeightspaceError(f"activation matching: the activations of space {s.name!r} "
+                                   f"are not finite (NaN/inf weights or inputs?)",
+                                   parameter="inputs")
+        col = solve_assignment(solve.cpu().numpy(), s.permutation_blocks)
+        objective += float(c.cpu().numpy()[np.arange(s.size), col].sum())
+        perms[s.name] = torch.from_numpy(np.ascontiguousarray(col, dtype=np.int64))
+    if not math.isfinite(objective):
+        raise WeightspaceError("activation matching: the objective is not finite",
+                               parameter="inputs")
+    return perms, objective
 
 
 def activation_matching(
@@ -199,111 +300,24 @@ def activation_matching(
 
     Raises:
         StateDictMismatchError: a state dict does not match the spec.
-        ValueError: empty inputs, a bad ``batch_size``/``max_samples``/``cost``,
-            or non-finite activations (the message names the space).
+        WeightspaceError: empty inputs, a bad ``batch_size`` / ``max_samples``
+            / ``tie_break`` / ``cost`` (``parameter`` names it), or non-finite
+            activations (the message names the space).
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if max_samples is not None and (isinstance(max_samples, bool)
-                                    or not isinstance(max_samples, int) or max_samples < 1):
-        raise ValueError(f"max_samples must be a positive integer or None, got {max_samples!r}")
-    if not (isinstance(tie_break, (int, float)) and math.isfinite(tie_break) and tie_break >= 0):
-        raise ValueError(f"tie_break must be a finite number >= 0, got {tie_break!r}")
-    if cost not in _COSTS:
-        raise ValueError(f"cost must be one of {_COSTS}, got {cost!r}")
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _check_arguments(model, batch_size, max_samples, tie_break, cost)
     check_states(spec, state_a=state_a, state_b=state_b)
-
-    points = activation_points(model, spec)
-    modules = dict(model.named_modules())
+    sites = matching_sites(model, spec)
     first = next(iter(state_a.values()), None)
     device = first.device if first is not None else torch.device("cpu")
-    dtype = next((t.dtype for t in state_a.values() if t.is_floating_point()), torch.float32)
-    sizes = {s.name: s.size for s in spec.permutable_spaces}
-    stats = {name: _Stats(sizes[name], device) for name in points}
-    pre_stats: dict[str, _Stats] = {}
-    activations: dict[str, nn.Module] = {}
-    for pts in points.values():
-        for p in pts:
-            layer = spec.layer(p.layer)
-            residual = any(i.kind == "residual" for i in layer.inputs)
-            if not residual and layer.activation != "identity":
-                try:
-                    activations[p.module] = make_activation(layer.activation)
-                except ValueError:
-                    logger.warning("activation matching: unknown activation %r of layer %r; "
-                                   "using its pre-activation", layer.activation, layer.name)
-
-    captured: dict[str, Tensor] = {}
-    hooks = []
-
-    def make_hook(path: str):
-        def hook(module, args, output):
-            captured[path] = output
-        return hook
-
-    sample_count = 0
-    try:
-        for pts in points.values():
-            for p in pts:
-                hooks.append(modules[p.module].register_forward_hook(make_hook(p.module)))
-        with _Eval(model), torch.no_grad():
-            for batch in _batches(inputs, batch_size, max_samples, seed):
-                batch = batch.to(device)
-                if batch.is_floating_point():
-                    batch = batch.to(dtype)
-                sample_count += len(batch)
-                feats = []
-                for state in (state_a, state_b):
-                    captured.clear()
-                    functional_call(model, dict(state), (batch,))
-                    feats.append(dict(captured))
-                for name, pts in points.items():
-                    post: tuple[list, list] = ([], [])
-                    pre: tuple[list, list] = ([], [])
-                    for p in pts:
-                        for store, side in zip(feats, (0, 1), strict=True):
-                            if p.module not in store:
-                                raise RuntimeError(
-                                    f"activation matching: module {p.module!r} (layer "
-                                    f"{p.layer!r}) was not called during the forward pass")
-                            value = _features(store[p.module], p.channel_dim)
-                            pre[side].append(value)
-                            if p.module in activations:
-                                value = activations[p.module](value)
-                            post[side].append(value)
-                    stats[name].update(torch.cat(post[0]), torch.cat(post[1]))
-                    if any(p.module in activations for p in pts) and tie_break > 0:
-                        if name not in pre_stats:
-                            pre_stats[name] = _Stats(sizes[name], device)
-                        pre_stats[name].update(torch.cat(pre[0]), torch.cat(pre[1]))
-    finally:
-        for h in hooks:
-            h.remove()
-    if sample_count == 0:
-        raise ValueError("inputs is empty: activation matching needs at least one sample")
-
-    perms = {s.name: torch.arange(s.size) for s in spec.permutable_spaces}
-    objective = 0.0
-    for s in spec.permutable_spaces:
-        if s.name not in stats:
-            continue
-        c = stats[s.name].cost(cost)
-        solve = c if s.name not in pre_stats else c + tie_break * pre_stats[s.name].cost(cost)
-        if not bool(torch.isfinite(solve).all()):
-            raise ValueError(f"activation matching: the activations of space {s.name!r} are not "
-                             f"finite (NaN/inf weights or inputs?)")
-        col = solve_assignment(solve.cpu().numpy(), s.permutation_blocks)
-        objective += float(c.cpu().numpy()[np.arange(s.size), col].sum())
-        perms[s.name] = torch.from_numpy(np.ascontiguousarray(col, dtype=np.int64))
-    if not math.isfinite(objective):
-        raise ValueError("activation matching: the objective is not finite")
+    stats = _Statistics(spec, sites, _nonlinearities(spec, sites), tie_break, device)
+    _collect_statistics(model, state_a, state_b, stats,
+                        _batches(inputs, batch_size, max_samples, seed))
+    perms, objective = _solve_spaces(spec, stats, cost)
     return WeightMatchingResult(
         permutation=Permutation(perms),
         sweeps=1,
         objective=objective,
         history=(objective,),
         converged=True,
-        solves=len(stats),
+        solves=len(stats.post),
     )

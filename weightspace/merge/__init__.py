@@ -3,18 +3,15 @@
 * :mod:`~weightspace.merge.methods` — data-free merges of state dicts:
   interpolation, weighted averaging, task arithmetic (Ilharco et al. 2023),
   TIES-Merging (Yadav et al. 2023) and DARE (Yu et al. 2024).
-* :mod:`~weightspace.merge.batchnorm` — BatchNorm reset: re-estimate running
-  statistics of a merged model from data.
-* :mod:`~weightspace.merge.repair` — REPAIR (Jordan et al. 2023): rescale the
-  channels of an interpolated model to the interpolated endpoint statistics.
 * :mod:`~weightspace.merge.barrier` — the linear interpolation path between
   two models, its loss/accuracy barrier (Frankle et al. 2020; Entezari et al.
   2022; Ainsworth et al. 2023) and a plot of it.
 * :mod:`~weightspace.merge.config` — mergekit-style YAML merge configs.
 
 Interpolating two independently trained networks needs them aligned first
-(:mod:`weightspace.align`); every function here takes state dicts that may or
-may not be aligned.
+(:mod:`weightspace.align`, which also holds REPAIR and the BatchNorm reset
+that repair a merged model); every function here takes state dicts that may
+or may not be aligned.
 """
 
 from weightspace.merge.barrier import (
@@ -22,7 +19,6 @@ from weightspace.merge.barrier import (
     interpolation_path,
     plot_barrier,
 )
-from weightspace.merge.batchnorm import reset_batchnorm
 from weightspace.merge.config import (
     ALIGN_METHODS,
     NO_ALIGNMENT,
@@ -42,7 +38,6 @@ from weightspace.merge.methods import (
     task_arithmetic,
     ties,
 )
-from weightspace.merge.repair import RepairPoint, activation_stats, repair, repair_points
 
 __all__ = [
     "ALIGN_METHODS",
@@ -53,8 +48,6 @@ __all__ = [
     "MergeConfigError",
     "MergeMethod",
     "ModelEntry",
-    "RepairPoint",
-    "activation_stats",
     "average",
     "barrier",
     "dare",
@@ -63,9 +56,6 @@ __all__ = [
     "load_merge_config",
     "merge",
     "plot_barrier",
-    "repair",
-    "repair_points",
-    "reset_batchnorm",
     "task_arithmetic",
     "ties",
 ]

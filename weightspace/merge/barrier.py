@@ -19,12 +19,13 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from weightspace.activations import Inputs, input_batches, module_device
+from weightspace.align.batchnorm import reset_batchnorm
+from weightspace.align.repair import apply_repair, endpoint_statistics, repair_points
 from weightspace.classify import evaluate
 from weightspace.errors import WeightspaceError
 from weightspace.io import atomic_output_path
-from weightspace.merge.batchnorm import Inputs, input_batches, module_device, reset_batchnorm
 from weightspace.merge.methods import interpolate
-from weightspace.merge.repair import _correct, _endpoint_stats, repair_points
 from weightspace.spec.containers import WeightSpaceSpec
 
 logger = logging.getLogger(__name__)
@@ -45,8 +46,8 @@ def interpolation_path(model: nn.Module, state_a: Mapping[str, Tensor],
     the merged model can be corrected before evaluation:
 
     * ``batchnorm_reset_inputs``: re-estimate BatchNorm statistics
-      (:func:`~weightspace.merge.reset_batchnorm`) on these inputs;
-    * ``repair_inputs``: REPAIR (:func:`~weightspace.merge.repair`) with the
+      (:func:`~weightspace.align.reset_batchnorm`) on these inputs;
+    * ``repair_inputs``: REPAIR (:func:`~weightspace.align.repair`) with the
       endpoint statistics measured once on these inputs (traced from
       ``model`` when ``spec`` is not given). REPAIR re-estimates BatchNorm
       statistics itself; when both are given the BN reset runs first.
@@ -80,7 +81,7 @@ def interpolation_path(model: nn.Module, state_a: Mapping[str, Tensor],
         model_a.load_state_dict(dict(state_a))
         model_b.load_state_dict(dict(state_b))
         points = repair_points(work, spec)
-        endpoints = _endpoint_stats(model_a, model_b, points, repair_batches)
+        endpoints = endpoint_statistics(model_a, model_b, points, repair_batches)
         del model_a, model_b
     device = module_device(work)
     if device is not None:
@@ -95,7 +96,7 @@ def interpolation_path(model: nn.Module, state_a: Mapping[str, Tensor],
             if bn_batches is not None:
                 reset_batchnorm(work, bn_batches)
             if repair_batches is not None:
-                _correct(work, points, endpoints, lam, repair_batches, reset_batchnorm=True)
+                apply_repair(work, points, endpoints, lam, repair_batches, reset_batchnorm=True)
         loss, accuracy = evaluate(work, inputs, targets)
         path.append({"lam": lam, "loss": loss, "accuracy": accuracy})
         logger.debug("interpolation λ=%.3f: loss %.4f, accuracy %.4f", lam, loss, accuracy)

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from weightspace.align.batchnorm import batchnorm_modules
 from weightspace.classify import evaluate, load_split
 from weightspace.io import CheckpointError, atomic_write, load_state_dict, save_state_dict
-from weightspace.merge.batchnorm import batchnorm_modules
 from weightspace.spec import WeightSpaceSpec
 from weightspace.spec.errors import StateDictMismatchError
 
@@ -153,8 +153,8 @@ def merge_checkpoints(
     ``config_copy`` is written beside the output as ``<output>.yaml``;
     ``dtype`` (e.g. ``"float16"``) casts the merged floating-point tensors.
     """
+    from weightspace.align.repair import repair as repair_model
     from weightspace.merge.methods import merge
-    from weightspace.merge.repair import repair as repair_model
 
     if align not in ("weight", "activation", "none"):
         raise ValueError(f"--align {align!r} is not available; use weight, activation or none")
@@ -176,7 +176,7 @@ def merge_checkpoints(
         merged = repair_model(merged_model, model_a, model_b, spec, split.x_train)
         corrections.append("repair")
     elif split is not None and bool(batchnorm_modules(model)):
-        from weightspace.merge.batchnorm import reset_batchnorm
+        from weightspace.align.batchnorm import reset_batchnorm
 
         merged_model = reset_batchnorm(_loaded(model, merged), split.x_train)
         merged = {k: v.detach().clone() for k, v in merged_model.state_dict().items()}

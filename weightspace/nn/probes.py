@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch_geometric.data import Data
 
+from weightspace.activations import activation_sites, capture
+from weightspace.errors import WeightspaceError
 from weightspace.graph import GraphTemplate
 from weightspace.nn.base import flat_parameters
 from weightspace.spec import WeightSpaceSpec
@@ -147,11 +148,9 @@ class ProbeFeatures(nn.Module):
         if missing:
             raise ValueError(f"network has no entry {missing[0]!r} of the template's architecture; "
                              "pass an instance of the architecture the template was traced from")
-        # the modules whose inputs are the hidden layers' values, by layer
-        self._readers: list[tuple[str, int]] = []
-        for layer in spec.layers[2:]:
-            owner = spec.parameter(layer.inputs[0].parameter).module
-            self._readers.append((owner, spec.layer(layer.inputs[0].source).size))
+        # the hidden layers' values as the next linear layers receive them
+        self._sites = [site for site in activation_sites(network, spec, place="consumer_input")
+                       if spec.layer(site.layer).role == "hidden"]
         # not a submodule: its parameters are replaced on every call and must
         # not be trained, moved or saved with the probes
         object.__setattr__(self, "network", network)
@@ -169,34 +168,27 @@ class ProbeFeatures(nn.Module):
         return (f"num_probes={self.num_probes}, in_features={self.in_features}, "
                 f"network={type(self.network).__name__}")
 
-    def _hook(self, store: dict[int, Tensor], index: int) -> Callable:
-        def hook(module: nn.Module, args: tuple) -> None:
-            if index in store:
-                raise ValueError(f"module {self._readers[index][0]!r} ran twice in one forward pass; "
-                                 "probe features need each linear layer to run once")
-            store[index] = args[0] if args else None
-        return hook
-
     def _run(self, state: dict[str, Tensor], probes: Tensor) -> tuple[list[Tensor], Tensor]:
         """One network on the probes: (hidden values ``[K, size]`` per hidden
         layer, output ``[K, out]``)."""
-        store: dict[int, Tensor] = {}
-        handles = [self.network.get_submodule(owner).register_forward_pre_hook(self._hook(store, i))
-                   for i, (owner, _) in enumerate(self._readers)]
-        try:
+        with capture(self.network, self._sites) as seen:
             out = functional_call(self.network, state, (probes,))
-        finally:
-            for handle in handles:
-                handle.remove()
         hidden = []
-        for i, (owner, size) in enumerate(self._readers):
-            value = store.get(i)
+        for site in self._sites:
+            values = seen.values[site]
+            if len(values) > 1:
+                raise WeightspaceError(f"module {site.module!r} ran {len(values)} times in one "
+                                       "forward pass; probe features need each linear layer to "
+                                       "run once", parameter="network")
+            value = values[0] if values else None
+            size = self.spec.layer(site.layer).size
             if not isinstance(value, Tensor) or tuple(value.shape) != (probes.shape[0], size):
                 got = "nothing" if value is None else (
                     list(value.shape) if isinstance(value, Tensor) else type(value).__name__)
-                raise ValueError(f"the input of module {owner!r} was {got}, expected the previous "
-                                 f"layer's values [{probes.shape[0]}, {size}]; probe features need "
-                                 "the network to call its linear layers as modules")
+                raise WeightspaceError(
+                    f"the input of module {site.module!r} was {got}, expected the previous layer's "
+                    f"values [{probes.shape[0]}, {size}]; probe features need the network to call "
+                    "its linear layers as modules", parameter="network")
             hidden.append(value)
         return hidden, out
 

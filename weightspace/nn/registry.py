@@ -117,10 +117,12 @@ def build_metanetwork(name: str, template: GraphTemplate, out_dim: int,
                                f"{list(entry.arguments())}", parameter="model_args") from exc
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Trainable parameters of ``model``."""
+def count_trainable_parameters(model: nn.Module) -> int:
+    """Trainable values of a module (entries of its parameters that require
+    a gradient), e.g. a metanetwork's size; for the values of an
+    architecture from its spec, see :func:`weightspace.prune.count_spec_parameters`."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["METANETWORKS", "Metanetwork", "build_metanetwork", "count_parameters",
+__all__ = ["METANETWORKS", "Metanetwork", "build_metanetwork", "count_trainable_parameters",
            "is_graph_model", "metanetwork_class"]

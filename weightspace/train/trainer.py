@@ -43,7 +43,7 @@ from weightspace.io import atomic_output_path, atomic_write
 from weightspace.nn.registry import (
     METANETWORKS,
     build_metanetwork,
-    count_parameters,
+    count_trainable_parameters,
     is_graph_model,
 )
 from weightspace.train.config import TrainConfig, save_config
@@ -170,7 +170,7 @@ class Trainer:
         if fit is not None:
             sample = self.train_set.batch(np.arange(min(len(self.train_set), 512))).to(self.device)
             fit(sample)
-        self.num_parameters = count_parameters(self.model)
+        self.num_parameters = count_trainable_parameters(self.model)
         self.net: nn.Module = self.model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
