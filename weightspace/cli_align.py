@@ -88,6 +88,9 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 
 
 def add_align_parsers(sub: argparse._SubParsersAction, model_arguments) -> None:
+    from weightspace.merge.config import ALIGN_METHODS, NO_ALIGNMENT
+    from weightspace.merge.methods import MERGE_METHODS
+
     p = sub.add_parser("align", help="permute checkpoint B's neurons to match A (Git Re-Basin)",
                        description="Align checkpoint B to A by weight matching over every "
                                    "permutable space (residual streams and BatchNorm statistics "
@@ -96,7 +99,7 @@ def add_align_parsers(sub: argparse._SubParsersAction, model_arguments) -> None:
     p.add_argument("b", help="checkpoint to permute")
     model_arguments(p)
     p.add_argument("-o", "--output", required=True, help="aligned B (.safetensors or .pt)")
-    p.add_argument("--method", default="weight", choices=["weight", "activation"],
+    p.add_argument("--method", default="weight", choices=ALIGN_METHODS.names(),
                    help="weight matching (data-free) or activation matching (needs --data)")
     p.add_argument("--data", default=None,
                    help="digits or file.npz: activations for --method activation, and B's "
@@ -105,8 +108,8 @@ def add_align_parsers(sub: argparse._SubParsersAction, model_arguments) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_align)
 
-    p = sub.add_parser("merge", help="align and merge checkpoints (average, task-arith, ties, "
-                                     "dare)",
+    p = sub.add_parser("merge", help=f"align and merge checkpoints "
+                                     f"({', '.join(MERGE_METHODS.names())})",
                        description="Merge checkpoints, after weight matching them into one "
                                    "frame (--align weight, the default). With --data, "
                                    "BatchNorm statistics are re-estimated and every model is "
@@ -117,10 +120,9 @@ def add_align_parsers(sub: argparse._SubParsersAction, model_arguments) -> None:
     p.add_argument("-o", "--output", required=True, help="merged checkpoint")
     p.add_argument("--config", default=None, help="mergekit-style YAML (models, merge_method, "
                                                   "base_model, parameters, architecture ...)")
-    p.add_argument("--align", default="weight", choices=["weight", "activation", "none"],
+    p.add_argument("--align", default="weight", choices=[*ALIGN_METHODS.names(), NO_ALIGNMENT],
                    help="bring the models into one frame first (activation needs --data)")
-    p.add_argument("--method", default="average", choices=["average", "task-arith", "ties",
-                                                           "dare"])
+    p.add_argument("--method", default="average", choices=MERGE_METHODS.names())
     p.add_argument("--base", default=None, help="base model of task vectors (task-arith, "
                                                 "ties, dare)")
     p.add_argument("--weights", type=float, nargs="+", default=None,

@@ -74,6 +74,9 @@ def cmd_train_pruner(args: argparse.Namespace) -> int:
 
 
 def add_prune_parser(sub: argparse._SubParsersAction, model_arguments) -> None:
+    from weightspace.prune.pipeline import PRUNE_METHODS
+    from weightspace.prune.structured import IMPORTANCE_METHODS
+
     p = sub.add_parser(
         "prune", help="prune a checkpoint (magnitude, structured, Taylor, metanetwork-guided)",
         description="Prune a checkpoint and report parameters, MACs, measured latency and test "
@@ -94,10 +97,11 @@ def add_prune_parser(sub: argparse._SubParsersAction, model_arguments) -> None:
     p.add_argument("--speedup", type=float, default=None,
                    help="with --structured, instead of --sparsity: the MAC reduction to reach")
     p.add_argument("--structured", action="store_true", help="remove neurons/channels")
-    p.add_argument("--method", default="magnitude", choices=["magnitude", "taylor", "meta", "random"],
+    p.add_argument("--method", default="magnitude", choices=PRUNE_METHODS,
                    help="importance: magnitude (default), first-order Taylor (uses --data), or "
                         "a trained metanetwork first (--metanet), or random (the control)")
-    p.add_argument("--importance", default="l2", choices=["l1", "l2", "bn"],
+    p.add_argument("--importance", default="l2",
+                   choices=[c.name for c in IMPORTANCE_METHODS.entries() if c.kind == "magnitude"],
                    help="structured magnitude criterion: L1/L2 norm of each neuron's "
                         "parameters, or its BatchNorm scale (default l2)")
     p.add_argument("--scope", default=None, choices=["global", "layer", "space"],

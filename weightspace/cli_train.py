@@ -53,6 +53,8 @@ def _is_main() -> bool:
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    from weightspace.train.tasks import TASKS
+
     p = sub.add_parser(
         "train", help="train a metanetwork on a zoo (classify, regress a column, edit INRs)",
         description="Train a metanetwork (gmn, transformer, nfn-hnp, nfn-np, dwsnet, statnn, "
@@ -64,7 +66,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, help="training config YAML")
     p.add_argument("--zoo", default=None, help="the zoo (.h5)")
     p.add_argument("--model", default=None, help="metanetwork name (default gmn)")
-    p.add_argument("--task", default=None, choices=["classify", "regress", "edit"],
+    p.add_argument("--task", default=None, choices=TASKS.names(),
                    help="default classify")
     p.add_argument("--target", default=None, help="zoo column to predict (default label)")
     p.add_argument("--epochs", type=int, default=None, help="at most this many epochs")

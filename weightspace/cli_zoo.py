@@ -131,6 +131,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def add_zoo_parser(sub: argparse._SubParsersAction) -> None:
+    from weightspace.zoo.importers import IMPORT_FORMATS
+
     zoo = sub.add_parser("zoo", help="build, inspect, verify, merge, export and import zoos",
                          description="HDF5 checkpoint zoos: one group per architecture, one "
                                      "[N, P] row per checkpoint, metadata columns, per-row "
@@ -206,8 +208,7 @@ def add_zoo_parser(sub: argparse._SubParsersAction) -> None:
                                      "(*/checkpoint.pt), model-zoos (Ray Tune trial folders). "
                                      "Pickled files are read with torch.load(weights_only=True): "
                                      "an import never runs code from the files.")
-    p.add_argument("format", choices=["small-cnn-zoo", "inr-folder", "cnn-wild-park",
-                                      "model-zoos"], help="the published format")
+    p.add_argument("format", choices=IMPORT_FORMATS.names(), help="the published format")
     p.add_argument("path", help="the published zoo's folder")
     p.add_argument("-o", "--output", required=True, help="zoo file to write (.h5)")
     p.add_argument("--on-error", default="raise", choices=["raise", "skip"],

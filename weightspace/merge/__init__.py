@@ -22,6 +22,7 @@ from weightspace.merge.barrier import (
 )
 from weightspace.merge.config import (
     ALIGN_METHODS,
+    NO_ALIGNMENT,
     ArchitectureConfig,
     MergeConfig,
     MergeConfigError,
@@ -30,6 +31,7 @@ from weightspace.merge.config import (
 )
 from weightspace.merge.methods import (
     MERGE_METHODS,
+    MergeMethod,
     average,
     dare,
     interpolate,
@@ -41,9 +43,11 @@ from weightspace.merge.methods import (
 __all__ = [
     "ALIGN_METHODS",
     "MERGE_METHODS",
+    "NO_ALIGNMENT",
     "ArchitectureConfig",
     "MergeConfig",
     "MergeConfigError",
+    "MergeMethod",
     "ModelEntry",
     "average",
     "barrier",

@@ -27,6 +27,7 @@ from weightspace.nn.nfn import NFN, HNPLinear, NFNPool, NPLinear
 from weightspace.nn.probes import ProbeFeatures, with_probe_features
 from weightspace.nn.registry import (
     METANETWORKS,
+    Metanetwork,
     build_metanetwork,
     count_trainable_parameters,
     is_graph_model,
@@ -50,6 +51,7 @@ __all__ = [
     "HEADS",
     "HNPLinear",
     "METANETWORKS",
+    "Metanetwork",
     "NFN",
     "NFNPool",
     "NPLinear",

@@ -24,6 +24,7 @@ from weightspace.prune.magnitude import (
 )
 from weightspace.prune.structured import (
     IMPORTANCE_METHODS,
+    ImportanceCriterion,
     PruneError,
     group_norms,
     group_sums,
@@ -43,6 +44,7 @@ from weightspace.prune.structured import (
 
 __all__ = [
     "IMPORTANCE_METHODS",
+    "ImportanceCriterion",
     "LotteryResult",
     "LotteryRound",
     "MaskHandle",
