@@ -74,7 +74,7 @@ def cmd_train_pruner(args: argparse.Namespace) -> int:
 
 
 def add_prune_parser(sub: argparse._SubParsersAction, model_arguments) -> None:
-    from weightspace.prune.pipeline import PRUNE_METHODS
+    from weightspace.jobs.prune import PRUNE_METHODS
     from weightspace.prune.structured import IMPORTANCE_METHODS
 
     p = sub.add_parser(

@@ -32,7 +32,13 @@ from weightspace.io import atomic_write, save_state_dict
 from weightspace.jobs.align import check_matching_method, match
 from weightspace.jobs.checkpoints import load_checked, load_data, score_state
 from weightspace.jobs.report import report_dict
-from weightspace.merge.config import ALIGN_METHODS, MergeConfig, MergeConfigError, load_merge_config
+from weightspace.merge.config import (
+    ALIGN_METHODS,
+    NO_ALIGNMENT,
+    MergeConfig,
+    MergeConfigError,
+    load_merge_config,
+)
 from weightspace.merge.methods import merge
 from weightspace.spec import WeightSpaceSpec, trace
 
@@ -94,10 +100,11 @@ def align_all(states: list[dict[str, Tensor]], spec: WeightSpaceSpec,
 
 def _check_request(paths: Sequence[Any], method: str, base: Any, align: str, repair: bool,
                    data: str | None) -> None:
-    if align not in ALIGN_METHODS:
+    if align != NO_ALIGNMENT and align not in ALIGN_METHODS:
+        choices = [*ALIGN_METHODS.names(), NO_ALIGNMENT]
         raise WeightspaceError(f"align={align!r} is not available; use one of "
-                               f"{', '.join(map(repr, ALIGN_METHODS))}", parameter="align")
-    if align != "none":
+                               f"{', '.join(map(repr, choices))}", parameter="align")
+    if align != NO_ALIGNMENT:
         check_matching_method(align, data, parameter="align")
     if len(paths) < 2 and base is None:
         raise WeightspaceError("merging needs at least two checkpoints in paths (or one and a "
@@ -110,14 +117,7 @@ def _check_request(paths: Sequence[Any], method: str, base: Any, align: str, rep
 def _merged(method: str, states: list[dict[str, Tensor]], base: dict[str, Tensor] | None,
             weights: Sequence[float] | None, parameters: Mapping[str, Any]
             ) -> dict[str, Tensor]:
-    try:
-        return merge(method, states, base=base, weights=weights, **dict(parameters))
-    except WeightspaceError:
-        raise
-    except ValueError as err:
-        # merge.methods refuses a bad request (unknown method or parameter, a missing
-        # base) with a plain ValueError; a job's bad-input errors are WeightspaceErrors
-        raise WeightspaceError(str(err)) from err
+    return merge(method, states, base=base, weights=weights, **dict(parameters))
 
 
 def _corrected(merged: dict[str, Tensor], states: list[dict[str, Tensor]], model: nn.Module,
@@ -184,7 +184,7 @@ def merge_checkpoints(
     states = [load_checked(p, spec) for p in paths]
     base_state = load_checked(base, spec) if base is not None else None
     split = load_data(data, spec) if data is not None else None
-    if align != "none":
+    if align != NO_ALIGNMENT:
         states = align_all(states, spec, base_state, seed, align, model, split)
     merged = _merged(method, states, base_state, weights, parameters or {})
     merged, corrections = _corrected(merged, states, model, spec, split, repair)
@@ -199,7 +199,7 @@ def merge_checkpoints(
             yaml.safe_dump(dict(config_copy), handle, sort_keys=False)
     scores = None
     if split is not None:
-        suffix = "_aligned" if align != "none" else ""
+        suffix = "_aligned" if align != NO_ALIGNMENT else ""
         scores = {f"model{i}{suffix}": score_state(model, state, split)
                   for i, state in enumerate(states)}
         scores["merged"] = score_state(model, merged, split)
