@@ -1,10 +1,41 @@
-"""``weightspace prune``: one call to :func:`weightspace.prune.pipeline.prune_checkpoint`
-plus printing."""
+"""``weightspace prune`` and ``train-pruner``: one call each to
+:func:`weightspace.prune.pipeline.prune_checkpoint` /
+:func:`weightspace.prune.meta.train_meta_pruner` plus printing.
+
+The choices of ``--method``, ``--importance``, ``--scope`` and ``--mode``
+come from the library (:data:`~weightspace.prune.PRUNE_METHODS`,
+:data:`~weightspace.prune.IMPORTANCE_METHODS`,
+:data:`~weightspace.prune.magnitude.SCOPES`,
+:data:`~weightspace.prune.meta.MODES`), see :func:`prune_choices`.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+
+from weightspace.cli._common import (
+    add_model_arguments,
+    add_output_flags,
+    model_and_spec,
+    print_json,
+    show_progress,
+)
+
+
+def prune_choices() -> dict[str, list[str]]:
+    """Allowed values of the prune flags, by library parameter name.
+
+    ``importance`` lists the magnitude criteria: the importance criteria that
+    are not a ``--method`` of their own (Taylor, random). Structured pruning
+    adds the scope ``space`` to the weight scopes.
+    """
+    from weightspace.prune import IMPORTANCE_METHODS, PRUNE_METHODS
+    from weightspace.prune.magnitude import SCOPES
+
+    methods = list(PRUNE_METHODS)
+    return {"method": methods,
+            "importance": [c for c in IMPORTANCE_METHODS if c not in methods],
+            "scope": [*SCOPES, "space"]}
 
 
 def _format_row(label: str, m: dict) -> str:
@@ -14,19 +45,17 @@ def _format_row(label: str, m: dict) -> str:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from weightspace.cli import _progress
-    from weightspace.cli_align import _spec
     from weightspace.prune.pipeline import prune_checkpoint
 
-    model, spec = _spec(args)
+    built = model_and_spec(args)
     report = prune_checkpoint(
-        args.checkpoint, model, spec, args.output, sparsity=args.sparsity, speedup=args.speedup,
-        structured=args.structured, method=args.method, importance=args.importance,
-        scope=args.scope, metanet=args.metanet, data=args.data,
+        args.checkpoint, built.module, built.spec, args.output, sparsity=args.sparsity,
+        speedup=args.speedup, structured=args.structured, method=args.method,
+        importance=args.importance, scope=args.scope, metanet=args.metanet, data=args.data,
         finetune_epochs=args.finetune_epochs, lr=args.lr, seed=args.seed,
-        latency_batch=args.latency_batch, progress=_progress(args))
+        latency_batch=args.latency_batch, progress=show_progress(args))
     if args.json:
-        print(json.dumps(report, indent=2))
+        print_json(report)
         return 0
     kind = "structured" if args.structured else "unstructured"
     amount = (f"sparsity {report['sparsity']:.3f}" if report["target_speedup"] is None else
@@ -45,18 +74,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_train_pruner(args: argparse.Namespace) -> int:
-    from weightspace.cli import _progress
     from weightspace.prune.meta import train_meta_pruner
 
     report = train_meta_pruner(
         args.zoo, args.output, group=args.group, mode=args.mode, hidden=args.hidden,
         num_layers=args.layers, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         sparsity_weight=args.sparsity_weight, sparsity_alpha=args.sparsity_alpha,
-        sparsity_ramp=args.sparsity_ramp,
-        min_accuracy=args.min_accuracy, data=args.data,
-        seed=args.seed, progress=_progress(args))
+        sparsity_ramp=args.sparsity_ramp, min_accuracy=args.min_accuracy, data=args.data,
+        seed=args.seed, progress=show_progress(args))
     if args.json:
-        print(json.dumps({k: v for k, v in report.items() if k != "rows"}, indent=2))
+        print_json({k: v for k, v in report.items() if k != "rows"})
         return 0
     last = report["last"] or {}
     print(f"meta-trained a {report['mode']} pruner on {report['networks']} networks of "
@@ -70,7 +97,8 @@ def cmd_train_pruner(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_prune_parser(sub: argparse._SubParsersAction, model_arguments) -> None:
+def _add_prune(sub: argparse._SubParsersAction) -> None:
+    choices = prune_choices()
     p = sub.add_parser(
         "prune", help="prune a checkpoint (magnitude, structured, Taylor, metanetwork-guided)",
         description="Prune a checkpoint and report parameters, MACs, measured latency and test "
@@ -82,7 +110,7 @@ def add_prune_parser(sub: argparse._SubParsersAction, model_arguments) -> None:
                     "Checkpoints are loaded without running code (safetensors, or torch.load "
                     "with weights_only=True).")
     p.add_argument("checkpoint", help="the checkpoint (.safetensors or .pt state dict)")
-    model_arguments(p)
+    add_model_arguments(p)
     p.add_argument("-o", "--output", required=True, help="pruned checkpoint (.safetensors "
                                                          "keeps a structured result loadable)")
     p.add_argument("--sparsity", type=float, default=None,
@@ -91,13 +119,13 @@ def add_prune_parser(sub: argparse._SubParsersAction, model_arguments) -> None:
     p.add_argument("--speedup", type=float, default=None,
                    help="with --structured, instead of --sparsity: the MAC reduction to reach")
     p.add_argument("--structured", action="store_true", help="remove neurons/channels")
-    p.add_argument("--method", default="magnitude", choices=["magnitude", "taylor", "meta", "random"],
+    p.add_argument("--method", default="magnitude", choices=choices["method"],
                    help="importance: magnitude (default), first-order Taylor (uses --data), or "
                         "a trained metanetwork first (--metanet), or random (the control)")
-    p.add_argument("--importance", default="l2", choices=["l1", "l2", "bn"],
+    p.add_argument("--importance", default="l2", choices=choices["importance"],
                    help="structured magnitude criterion: L1/L2 norm of each neuron's "
                         "parameters, or its BatchNorm scale (default l2)")
-    p.add_argument("--scope", default=None, choices=["global", "layer", "space"],
+    p.add_argument("--scope", default=None, choices=choices["scope"],
                    help="unstructured: global (default) or layer; structured: space (the same "
                         "fraction of every space, default) or global")
     p.add_argument("--metanet", default=None, help="a trained meta-pruner (.safetensors)")
@@ -108,9 +136,12 @@ def add_prune_parser(sub: argparse._SubParsersAction, model_arguments) -> None:
     p.add_argument("--seed", type=int, default=0, help="fine-tuning data order")
     p.add_argument("--latency-batch", type=int, default=256,
                    help="batch size of the latency measurement (0 skips it)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_output_flags(p, "print the report as JSON", quiet_help="no progress bars")
     p.set_defaults(func=cmd_prune)
+
+
+def _add_train_pruner(sub: argparse._SubParsersAction) -> None:
+    from weightspace.prune.meta import MODES
 
     p = sub.add_parser(
         "train-pruner", help="meta-train a metanetwork pruner on a zoo (Meta-Pruning)",
@@ -124,7 +155,7 @@ def add_prune_parser(sub: argparse._SubParsersAction, model_arguments) -> None:
     p.add_argument("zoo", help="the zoo (.h5), e.g. from `weightspace zoo build digits-cnn`")
     p.add_argument("-o", "--output", required=True, help="the pruner (.safetensors)")
     p.add_argument("--group", default=None, help="the zoo group (architecture) to train on")
-    p.add_argument("--mode", default="edit", choices=["edit", "gate"],
+    p.add_argument("--mode", default="edit", choices=list(MODES),
                    help="edit: change every parameter (the paper's); gate: only rescale each "
                         "neuron's group (default edit)")
     p.add_argument("--hidden", type=int, default=32, help="GMN channels (default 32)")
@@ -145,6 +176,11 @@ def add_prune_parser(sub: argparse._SubParsersAction, model_arguments) -> None:
     p.add_argument("--data", default="digits", help="digits (default) or file.npz: the "
                                                     "training images of the task loss")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_output_flags(p, "print the report as JSON", quiet_help="no progress bar")
     p.set_defaults(func=cmd_train_pruner)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register ``prune`` and ``train-pruner``."""
+    _add_prune(sub)
+    _add_train_pruner(sub)
