@@ -299,7 +299,9 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     for field in dataclasses.fields(options_class):
         if not field.init or field.name in exclude:
             continue
-        flag = PARAMETER_FLAGS.get(field.name, "--" + field.name.replace("_", "-"))
+        flag = PARAMETER_FLAGS.get(field.name, "")
+        if not flag.startswith("-"):  # not in the table, or a positional argument elsewhere
+            flag = "--" + field.name.replace("_", "-")
         kind, many = _flag_type(hints[field.name], f"{options_class.__name__}.{field.name}")
         if field.default is not dataclasses.MISSING:
             default, required = field.default, False
@@ -307,16 +309,19 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
             default, required = field.default_factory(), False
         else:
             default, required = None, True
-        kwargs: dict[str, Any] = {"dest": field.name, "help": _flag_help(field, default)}
+        kwargs: dict[str, Any] = {"dest": field.name, "default": default,
+                                  "help": _flag_help(field, default)}
         if kind is bool and not many:
             kwargs["action"] = argparse.BooleanOptionalAction if default else "store_true"
             parser.add_argument(flag, **kwargs)
             continue
-        kwargs.update(type=kind, default=default, required=required)
+        kwargs.update(type=kind, required=required)
         if many:
             kwargs["nargs"] = "+"
-        if field.name in choices:
+        if field.name in choices:  # usage shows {a,b,c}
             kwargs["choices"] = list(choices.pop(field.name))
+        else:  # usage shows LAYERS for --layers, not the field's NUM_LAYERS
+            kwargs["metavar"] = flag.lstrip("-").replace("-", "_").upper()
         parser.add_argument(flag, **kwargs)
     if choices:
         raise TypeError(f"choices for {sorted(choices)}, which are not flags of "

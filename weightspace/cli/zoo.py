@@ -17,6 +17,7 @@ from weightspace.cli._common import (
     show_progress,
 )
 
+
 def cmd_build(args: argparse.Namespace) -> int:
     from weightspace.zoo.build import build_zoo, parse_shard
 
