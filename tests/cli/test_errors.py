@@ -20,6 +20,7 @@ from weightspace.cli._common import (
     error_line,
     model_and_spec,
     run_verb,
+    verb_name,
 )
 from weightspace.errors import WeightspaceError
 from weightspace.io import save_state_dict
@@ -110,6 +111,30 @@ def test_error_line_forms():
     assert error_line(FileNotFoundError(2, "No such file", "x.pt"), "convert").endswith(
         "No such file: 'x.pt'")
     assert issubclass(CLIError, WeightspaceError)
+
+
+@pytest.mark.parametrize("argv, parameter, flag", [
+    (["train-pruner", "zoo.h5", "-o", "p.safetensors"], "batch_size", "--batch-size"),
+    (["align", "a.pt", "b.pt", "--model", "mlp", "-o", "c.pt"], "batch_size", None),
+    (["zoo", "export", "z.h5", "-o", "out"], "rows", "--rows"),
+    (["zoo", "build", "digits-mlp", "-o", "z.h5"], "rows", None),
+    (["prune", "c.pt", "--model", "mlp", "-o", "d.pt"], "checkpoint", "CHECKPOINT"),
+    (["train", "--zoo", "z.h5"], "num_layers", None),
+])
+def test_only_a_flag_the_verb_has_is_named(argv, parameter, flag, capsys):
+    """A parameter of a call deep inside a verb (activation matching's
+    batch_size under align) is not a flag the user gave."""
+    from weightspace.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+
+    def func(_):
+        raise WeightspaceError("the message", parameter=parameter)
+
+    args.func = func
+    assert run_verb(args) == EXIT_BAD_INPUT
+    where = f"argument {flag}: " if flag else ""
+    assert capsys.readouterr().err == f"weightspace {verb_name(args)}: error: {where}the message\n"
 
 
 def test_run_verb_catches_only_bad_input(capsys):

@@ -27,7 +27,7 @@ import argparse
 import logging
 
 from weightspace.cli import align, demo, inspect, prune, train, zoo
-from weightspace.cli._common import EXIT_BAD_INPUT, CLIError, run_verb
+from weightspace.cli._common import EXIT_BAD_INPUT, CLIError, run_verb, verb_flags
 
 #: Verb groups in the order ``weightspace --help`` lists them.
 _VERB_GROUPS = (inspect, demo, align, prune, zoo, train)
@@ -43,7 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for group in _VERB_GROUPS:
         group.add_parsers(sub)
+    _set_verb_flags(parser)
     return parser
+
+
+def _set_verb_flags(parser: argparse.ArgumentParser) -> None:
+    """Give every verb (``zoo build`` … included) its own flags as
+    ``args.verb_flags``, so an error line names only a flag the verb has."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for verb in action.choices.values():
+                if any(isinstance(a, argparse._SubParsersAction) for a in verb._actions):
+                    _set_verb_flags(verb)  # a verb group (zoo): its verbs have the flags
+                else:
+                    verb.set_defaults(verb_flags=verb_flags(verb))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,8 +28,10 @@ otherwise                                  ``weightspace VERB: error: MESSAGE``
 
 ``argument FLAG:`` is argparse's own form, so a flag the library refused
 reads like a flag argparse refused (argparse's usage errors exit with 2).
-``MESSAGE`` is the first line of the error's message. Every other exception
-is a bug and keeps its traceback.
+``MESSAGE`` is the first line of the error's message. ``FLAG`` is only
+named when the verb has it: a parameter of a library call deep inside the
+verb (``batch_size`` of activation matching under ``align``) is not a flag
+the user gave. Every other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -128,11 +130,31 @@ def verb_name(args: argparse.Namespace) -> str:
                                   getattr(args, "zoo_command", None)]))
 
 
-def error_line(err: BaseException, verb: str) -> str:
-    """The one line that reports ``err`` (see the module docstring)."""
+def verb_flags(parser: argparse.ArgumentParser) -> frozenset[str]:
+    """The flags of one verb's parser and the names of its positional arguments."""
+    names = set()
+    for action in parser._actions:
+        names.update(action.option_strings or [action.metavar or action.dest])
+    return frozenset(names)
+
+
+def error_line(err: BaseException, verb: str, flags: frozenset[str] | None = None) -> str:
+    """The one line that reports ``err`` (see the module docstring).
+
+    Args:
+        err: the error; its ``parameter`` (a :class:`WeightspaceError`'s)
+            picks the flag from :data:`PARAMETER_FLAGS`.
+        verb: the verb as typed (``"zoo merge"``).
+        flags: the verb's flags (:func:`verb_flags`). A parameter whose flag
+            the verb does not have (``batch_size`` of activation matching
+            under ``align``) is not a flag the user gave: the message stands
+            alone.
+    """
     text = str(err)
     message = text.splitlines()[0] if text.strip() else type(err).__name__
     flag = PARAMETER_FLAGS.get(getattr(err, "parameter", None) or "")
+    if flags is not None and flag not in flags:
+        flag = None
     where = f"argument {flag}: " if flag else ""
     return f"weightspace {verb}: error: {where}{message}"
 
@@ -146,6 +168,9 @@ def report_error(args: argparse.Namespace, message: str) -> int:
 def run_verb(args: argparse.Namespace) -> int:
     """Run the parsed verb (``args.func``); bad input becomes one line on stderr.
 
+    ``args.verb_flags`` (set by ``build_parser`` for every verb) limits the
+    flags an error line may name to the verb's own.
+
     Returns:
         the verb's exit status, or :data:`EXIT_BAD_INPUT` after a
         :class:`WeightspaceError` or :class:`OSError`. Anything else raises.
@@ -153,7 +178,8 @@ def run_verb(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except (WeightspaceError, OSError) as err:
-        print(error_line(err, verb_name(args)), file=sys.stderr)
+        line = error_line(err, verb_name(args), getattr(args, "verb_flags", None))
+        print(line, file=sys.stderr)
         return EXIT_BAD_INPUT
 
 
@@ -361,5 +387,6 @@ __all__ = [
     "report_error",
     "run_verb",
     "show_progress",
+    "verb_flags",
     "verb_name",
 ]

@@ -109,7 +109,8 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
                     "checkpoint's metadata, so weightspace.prune.load_pruned loads it again. "
                     "Checkpoints are loaded without running code (safetensors, or torch.load "
                     "with weights_only=True).")
-    p.add_argument("checkpoint", help="the checkpoint (.safetensors or .pt state dict)")
+    p.add_argument("checkpoint", metavar="CHECKPOINT",
+                   help="the checkpoint (.safetensors or .pt state dict)")
     add_model_arguments(p)
     p.add_argument("-o", "--output", required=True, help="pruned checkpoint (.safetensors "
                                                          "keeps a structured result loadable)")
