@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch_geometric.data import Batch
 
 from weightspace.graph import GraphTemplate
-from weightspace.nn import build_metanetwork, count_parameters
+from weightspace.nn import build_metanetwork, count_trainable_parameters
 from weightspace.train import resolve_device
 from weightspace.zoo import Zoo, ZooGraphDataset, build_zoo
 
@@ -142,7 +142,7 @@ def main() -> None:
         fast = measure(model, batched, order, args.batch_size, args.steps, args.warmup, device)
         slow = measure(model, per_sample, order, args.batch_size, args.steps, args.warmup, device)
         slowest = measure(model, per_network, order, args.batch_size, args.steps, args.warmup, device)
-        row = {"model": name, "parameters": count_parameters(model), "batched": fast,
+        row = {"model": name, "parameters": count_trainable_parameters(model), "batched": fast,
                "per_sample": slow, "per_network": slowest, "ratio_per_sample": fast / slow,
                "ratio_per_network": fast / slowest, "device": str(device)}
         rows.append(row)

@@ -35,10 +35,10 @@ from pathlib import Path
 import torch
 
 from weightspace.classify import evaluate, load_split, train_classifier
+from weightspace.jobs import PruneOptions, prune_model
 from weightspace.models import build_model
 from weightspace.prune import count_macs, measure_latency
 from weightspace.prune.lottery import iterative_magnitude_pruning
-from weightspace.prune.pipeline import prune_model
 from weightspace.spec import trace
 
 ARCHS = {
@@ -76,8 +76,9 @@ def run_arch(name: str, seed: int, args) -> list[dict]:
 
     for sparsity in _floats(args.sparsities):
         for label, (method, scope) in UNSTRUCTURED.items():
-            out = prune_model(dense, spec, data, sparsity=sparsity, method=method, scope=scope,
-                              finetune_epochs=args.finetune_epochs, seed=seed)
+            options = PruneOptions(sparsity=sparsity, method=method, scope=scope,
+                                   finetune_epochs=args.finetune_epochs, seed=seed)
+            out = prune_model(dense, spec, data, options)
             rows.append({"arch": name, "seed": seed, "kind": "unstructured", "method": label,
                          "level": sparsity,
                          "accuracy": evaluate(out.model, data.x_test, data.y_test)[1]})
@@ -85,9 +86,10 @@ def run_arch(name: str, seed: int, args) -> list[dict]:
         for label, (method, importance) in STRUCTURED.items():
             if importance == "bn" and not has_bn:
                 continue
-            out = prune_model(dense, spec, data, speedup=speedup, structured=True,
-                              method=method, importance=importance,
-                              finetune_epochs=args.finetune_epochs, seed=seed)
+            options = PruneOptions(speedup=speedup, structured=True, method=method,
+                                   importance=importance, finetune_epochs=args.finetune_epochs,
+                                   seed=seed)
+            out = prune_model(dense, spec, data, options)
             rows.append({"arch": name, "seed": seed, "kind": "structured", "method": label,
                          "level": speedup, "sparsity": out.sparsity,
                          "macs": count_macs(out.spec),

@@ -13,10 +13,29 @@ unpickled. Therefore:
   numbers ...). A file that references any other Python object is refused with
   a :class:`CheckpointError` before that object is created.
 
-Writes are atomic (:func:`atomic_write`): a file is written to a temporary
-name next to its destination, synced to disk and then renamed over the
-destination, so an interrupted save never leaves a truncated checkpoint that a
-later run would try to read.
+Writes are atomic (:func:`atomic_write` for an open file,
+:func:`atomic_output_path` for writers that want a file name, such as
+safetensors or h5py): a file is written to a temporary name next to its
+destination, synced to disk and then renamed over the destination, so an
+interrupted save never leaves a truncated checkpoint that a later run would
+try to read. What a crash leaves behind:
+
+==============================  ================================================
+crash (kill, power loss) ...    the destination then holds
+==============================  ================================================
+before the rename               its old content (or nothing, if it did not
+                                exist); a hidden ``.NAME.XXXXXXXX.tmp`` sibling
+                                may be left over, safe to delete and ignored by
+                                :func:`expand_checkpoint_paths`
+after the rename                the complete new content: it was ``fsync``-ed
+                                before the rename, and the directory is
+                                ``fsync``-ed after it so the rename itself
+                                survives a power loss (best effort on platforms
+                                that cannot sync a directory, such as Windows)
+==============================  ================================================
+
+Never a mix of the two: the rename (:func:`os.replace` within one directory,
+so within one file system) is atomic.
 """
 
 from __future__ import annotations
@@ -270,6 +289,8 @@ def _temporary_sibling(target: Path) -> Path:
 
 
 def _fsync_file(path: Path) -> None:
+    """Put ``path``'s content on disk before it is renamed into place (a
+    rename can reach the disk before the data it points to)."""
     with open(path, "rb+") as handle:
         os.fsync(handle.fileno())
 
@@ -293,10 +314,25 @@ def atomic_output_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path to write ``path``'s content to; on success the
     temporary file is synced to disk and renamed to ``path``.
 
-    For writers that need a file name rather than an open file (such as
-    :func:`safetensors.torch.save_file`). If the ``with`` body raises, the
-    temporary file is removed and ``path`` is left untouched. Missing parent
+    For writers that need a file name rather than an open file
+    (:func:`safetensors.torch.save_file`, ``h5py.File``, a copy made with
+    :func:`shutil.copyfile` and then modified). The temporary file exists,
+    empty, when the body starts (writers may replace it); it sits in the same
+    directory as ``path``, so the final rename is atomic. Missing parent
     directories are created.
+
+    On a crash, ``path`` holds its old content or the complete new one, never
+    a part (see the table in the module docstring). If the ``with`` body
+    raises, the temporary file is removed and ``path`` is left untouched.
+
+    Example::
+
+        with atomic_output_path("zoo.h5") as temporary:
+            with h5py.File(temporary, "w") as handle:
+                handle["x"] = values
+
+    Args:
+        path: destination file.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -321,9 +357,10 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
 
     The content goes to a temporary file in the same directory (so the final
     ``os.replace`` is an atomic rename on one file system); on leaving the
-    ``with`` block the file is flushed, ``fsync``-ed and renamed to ``path``.
-    If the block raises, the temporary file is removed and an existing file at
-    ``path`` keeps its old content.
+    ``with`` block the file is flushed, ``fsync``-ed and renamed to ``path``
+    (:func:`atomic_output_path` does the renaming). If the block raises, the
+    temporary file is removed and an existing file at ``path`` keeps its old
+    content; after a crash ``path`` holds its old or its complete new content.
 
     Example::
 
@@ -337,7 +374,9 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
     if not mode.startswith("w"):
         # Appending or reading would need the old content in the temporary
         # file; atomic_write only replaces whole files.
-        raise ValueError(f"atomic_write needs a 'w' mode such as 'wb' or 'w', got {mode!r}.")
+        raise WeightspaceError(
+            f"atomic_write needs a 'w' mode such as 'wb' or 'w', got mode={mode!r}.",
+            parameter="mode")
     with atomic_output_path(path) as temporary, open(temporary, mode) as handle:
         yield handle
         handle.flush()

@@ -12,13 +12,13 @@ from weightspace import GraphTemplate
 from weightspace.models.cnn import SmallCNN
 from weightspace.models.mlp import MLP
 from weightspace.models.siren import SIREN
+from weightspace.nn.features import WeightSpaceFeatures
 from weightspace.nn.nfn import (
     NFN,
     HNPLinear,
     LayerChain,
     NFNPool,
     NPLinear,
-    WeightSpaceFeatures,
 )
 
 TOL = 1e-5

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.prune.common import build_tiny_cnn_zoo
 from weightspace.cli import EXIT_BAD_INPUT, main
 from weightspace.io import save_state_dict
 from weightspace.prune import load_pruned
@@ -24,14 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def tiny_zoo(tmp_path_factory) -> tuple[Path, str]:
     """The tiny digits-cnn zoo (4 runs, a few seconds) and its largest group."""
-    path = tmp_path_factory.mktemp("zoo") / "cnn-tiny.h5"
-    assert main(["zoo", "build", "digits-cnn", "-o", str(path), "--size", "tiny", "-q"]) == 0
-    zoo = open_zoo(path)
-    try:
-        group = max(zoo.groups, key=lambda g: len(zoo.select(group=g, last_checkpoint=True)))
-    finally:
-        zoo.close()
-    return path, group
+    return build_tiny_cnn_zoo(tmp_path_factory.mktemp("zoo"))
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

@@ -12,12 +12,12 @@ from weightspace.io import save_state_dict
 from weightspace.prune import (
     PruneError,
     count_macs,
-    count_parameters,
+    count_spec_parameters,
     group_norms,
     load_pruned,
     neuron_importance,
+    prunable_spaces,
     prune_state_dict,
-    pruneable_spaces,
     pruned_metadata,
     pruned_sizes,
     select_neurons_to_keep,
@@ -36,7 +36,7 @@ NORMALISED_OVER_CHANNELS = ["resnet_layernorm", "residual_mlp_layernorm", "norms
 
 def _random_keep(spec, generator, fraction=0.5):
     keep = {}
-    for name in pruneable_spaces(spec):
+    for name in prunable_spaces(spec):
         size = spec.space(name).size
         k = max(1, int(size * fraction))
         keep[name] = torch.sort(torch.randperm(size, generator=generator)[:k]).values
@@ -75,7 +75,7 @@ def test_pruned_model_equals_zeroed_outgoing_weights(traced, name):
     small_spec = trace(small, t.x)
     for space, index in keep.items():
         assert small_spec.space(space).size == len(index)
-    assert count_parameters(small_spec) == count_parameters(t.spec, pruned_sizes(t.spec, keep))
+    assert count_spec_parameters(small_spec) == count_spec_parameters(t.spec, pruned_sizes(t.spec, keep))
     assert count_macs(small_spec) == count_macs(t.spec, pruned_sizes(t.spec, keep))
     assert count_macs(small_spec) < count_macs(t.spec)
 
@@ -115,7 +115,7 @@ def test_model_and_inputs_are_not_modified(traced):
 
 def test_residual_stream_is_pruned_across_the_whole_stream(traced):
     t = traced("resnet_bn")
-    streams = [s for s in pruneable_spaces(t.spec)
+    streams = [s for s in prunable_spaces(t.spec)
                if sum(layer.space == s for layer in t.spec.layers) > 1]
     assert streams
     stream = streams[0]
@@ -136,7 +136,7 @@ def test_importance_methods(traced):
     l1 = neuron_importance(state, t.spec, "l1")
     l2 = neuron_importance(state, t.spec, "l2")
     bn = neuron_importance(state, t.spec, "bn")
-    assert set(l1) == set(l2) == set(pruneable_spaces(t.spec))
+    assert set(l1) == set(l2) == set(prunable_spaces(t.spec))
     # network slimming scores the spaces with a BatchNorm; the hidden linear does not have one
     assert set(bn) == set(l1) - {"9"}
     with pytest.raises(PruneError, match="'9' has none|9 has none"):
@@ -237,7 +237,7 @@ def test_errors_name_the_space(traced):
     t = traced("mlp_relu")
     with pytest.raises(PruneError, match="'input'.*input space"):
         prune_state_dict(t.state_dict, t.spec, {"input": torch.tensor([0])})
-    space = pruneable_spaces(t.spec)[0]
+    space = prunable_spaces(t.spec)[0]
     with pytest.raises(PruneError, match=f"{space!r}.*no neuron"):
         prune_state_dict(t.state_dict, t.spec, {space: torch.tensor([], dtype=torch.long)})
     with pytest.raises(PruneError, match="distinct"):

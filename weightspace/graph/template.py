@@ -35,6 +35,55 @@ from weightspace.spec.errors import SpecError, StateDictMismatchError
 
 NODE_ATTRS = ("node_type", "node_op", "node_act", "node_norm", "node_depth", "node_pos", "node_layer")
 
+#: What each attribute of a batched parameter graph is concatenated over: one
+#: row per node, one row (``edge_index``: one column) per edge, or one entry
+#: per scalar. Attributes not listed (``batch``, ``ptr``) are PyG's own.
+BATCH_ATTRIBUTES: dict[str, str] = {
+    "x": "node",
+    "edge_index": "edge",
+    "edge_attr": "edge",
+    "edge_type": "edge",
+    "x_mask": "node",
+    "scalars": "scalar",
+    **{attr: "node" for attr in NODE_ATTRS},
+}
+
+
+def wrap_graph_batch(tensors: dict[str, Tensor], node_ptr: Tensor, edge_ptr: Tensor,
+                     scalar_ptr: Tensor) -> Batch:
+    """A :class:`Batch` around already batched graph tensors, with the
+    bookkeeping that ``get_example`` / ``to_data_list`` need (what
+    ``Batch.from_data_list`` would have recorded).
+
+    The graphs may differ in size (rows of several architectures, see
+    :mod:`weightspace.zoo.batching`); :meth:`GraphTemplate.wrap_batch` is the
+    case of one template.
+
+    Args:
+        tensors: attribute -> the graphs' values concatenated (the keys of
+            :data:`BATCH_ATTRIBUTES` that are present, plus ``batch`` /
+            ``ptr``); ``edge_index`` holds batch-wide node ids.
+        node_ptr: where each graph's nodes start, and the total.
+        edge_ptr: the same for edges.
+        scalar_ptr: the same for ``scalars``.
+
+    Shapes:
+        - node_ptr, edge_ptr, scalar_ptr: ``[B + 1]`` (on the CPU)
+    """
+    num_graphs = len(node_ptr) - 1
+    batch = Batch(_base_cls=Data, **tensors)
+    ptrs = {"node": node_ptr, "edge": edge_ptr, "scalar": scalar_ptr}
+    slices = {key: ptrs[kind] for key, kind in BATCH_ATTRIBUTES.items() if key in tensors}
+    zeros = torch.zeros(num_graphs, dtype=torch.long)
+    incs = {key: zeros for key in slices}
+    if "edge_index" in incs:
+        # each graph's edge_index counts from its own first node
+        incs["edge_index"] = node_ptr[:-1]
+    batch._num_graphs = num_graphs
+    batch._slice_dict = slices
+    batch._inc_dict = incs
+    return batch
+
 
 def _padded_kernel(kernel: tuple[int, ...], rank: int) -> tuple[int, ...]:
     return (1,) * (rank - len(kernel)) + tuple(kernel)
@@ -102,7 +151,7 @@ class GraphTemplate:
         grid = own_grid if kernel_grid is None else tuple(int(k) for k in kernel_grid)
         if len(grid) < len(own_grid):
             raise SpecError(f"kernel_grid {list(grid)} has fewer axes than the architecture's "
-                            f"kernels {list(own_grid)}")
+                            f"kernels {list(own_grid)}", parameter="kernel_grid")
         self.kernel_grid = grid
         grid_numel = math.prod(grid) if grid else 1
         max_block, max_node = _spec_widths(spec)
@@ -110,10 +159,11 @@ class GraphTemplate:
         self.node_dim = int(node_dim) if node_dim is not None else max_node
         if self.edge_dim < max(grid_numel, max_block):
             raise SpecError(f"edge_dim={self.edge_dim} is smaller than the kernel grid "
-                            f"({grid_numel}) or the largest flatten block ({max_block})")
+                            f"({grid_numel}) or the largest flatten block ({max_block})",
+                            parameter="edge_dim")
         if self.node_dim < max_node:
             raise SpecError(f"node_dim={self.node_dim} is smaller than the largest per-neuron "
-                            f"parameter block ({max_node})")
+                            f"parameter block ({max_node})", parameter="node_dim")
         # where a scalar weight sits: the centre of the kernel grid
         self.centre = 0
         stride = 1
@@ -130,19 +180,35 @@ class GraphTemplate:
         return self.spec.num_parameters + self._constants.index(float(value))
 
     def _build(self) -> None:
-        spec = self.spec
-        P = spec.num_parameters
+        """Compute every structure tensor of the graph, in dependency order
+        (edges add the constants they need; the inverse needs everything)."""
         self._constants: list[float] = [0.0]
-        zero = P
+        self.layer_offsets, self.num_nodes = self._layer_offsets()
+        self.node_categorical = self._node_categorical()
+        self.node_gather, self.node_mask = self._node_slots()
+        self.edge_index, self.edge_gather, self.edge_type = self._edges()
+        self.num_edges = self.edge_index.shape[1]
+        # parameters that index no neuron
+        scalar = [torch.arange(*self.spec.offsets[p.name]) for p in self.spec.parameters
+                  if p.role in ("scalar", "unused")]
+        self.scalar_index = torch.cat(scalar) if scalar else torch.zeros(0, dtype=torch.long)
+        self.num_scalars = len(self.scalar_index)
+        self.constants = torch.tensor(self._constants, dtype=torch.float64)
+        self._check_each_parameter_once()
+        self._parts = self._inverse_parts()
 
+    def _layer_offsets(self) -> tuple[dict[str, int], int]:
+        """(first node of every layer, number of nodes): nodes are the
+        layers' neurons, layer after layer."""
         offsets, n = {}, 0
-        for layer in spec.layers:
+        for layer in self.spec.layers:
             offsets[layer.name] = n
             n += layer.size
-        self.num_nodes = n
-        self.layer_offsets = offsets
+        return offsets, n
 
-        # ---- nodes: categorical features
+    def _node_categorical(self) -> dict[str, Tensor]:
+        """The categorical node features of :data:`NODE_ATTRS`, ``[N]`` each."""
+        spec = self.spec
         cat = {a: [] for a in NODE_ATTRS}
         for i, layer in enumerate(spec.layers):
             size = layer.size
@@ -155,12 +221,16 @@ class GraphTemplate:
             pos = torch.arange(size) if not space.permutable else torch.full((size,), -1)
             cat["node_pos"].append(pos)
             cat["node_layer"].append(torch.full((size,), i))
-        self.node_categorical = {k: torch.cat(v).long() for k, v in cat.items()}
+        return {k: torch.cat(v).long() for k, v in cat.items()}
 
-        # ---- nodes: per-neuron parameter slots
+    def _node_slots(self) -> tuple[Tensor, Tensor]:
+        """Where each node's per-neuron parameters (bias, norm scale ...) come
+        from: ``node_gather [N, len(NODE_SLOTS) * node_dim]`` (columns of the
+        extended parameter matrix) and ``node_mask [N, len(NODE_SLOTS)]``."""
+        spec = self.spec
         width = len(NODE_SLOTS) * self.node_dim
-        node_gather = torch.full((n, width), zero, dtype=torch.long)
-        node_mask = torch.zeros(n, len(NODE_SLOTS), dtype=torch.bool)
+        node_gather = torch.full((self.num_nodes, width), spec.num_parameters, dtype=torch.long)
+        node_mask = torch.zeros(self.num_nodes, len(NODE_SLOTS), dtype=torch.bool)
         for p in spec.parameters:
             if p.role not in NODE_SLOTS:
                 continue
@@ -172,54 +242,45 @@ class GraphTemplate:
             idx = (torch.arange(p.numel) + start).reshape(p.shape).movedim(axis[0], 0)
             idx = idx.reshape(layer.size, -1)
             slot = NODE_SLOTS.index(p.role)
-            rows = slice(offsets[layer.name], offsets[layer.name] + layer.size)
+            first = self.layer_offsets[layer.name]
+            rows = slice(first, first + layer.size)
             if node_mask[rows, slot].any():
                 raise SpecError(f"layer {layer.name!r} has two parameters in slot {p.role!r}")
             node_gather[rows, slot * self.node_dim: slot * self.node_dim + idx.shape[1]] = idx
             node_mask[rows, slot] = True
-        self.node_gather = node_gather
-        self.node_mask = node_mask
+        return node_gather, node_mask
 
-        # ---- edges
+    def _edges(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``edge_index [2, E]``, ``edge_gather [E, edge_dim]`` and
+        ``edge_type [E]``: one edge per (layer input, neuron pair)."""
         srcs, dsts, gathers, types = [], [], [], []
-        for layer in spec.layers:
-            dst_off = offsets[layer.name]
+        for layer in self.spec.layers:
+            dst_off = self.layer_offsets[layer.name]
             for inp in layer.inputs:
-                src_layer = spec.layer(inp.source)
-                src_off = offsets[src_layer.name]
+                src_off = self.layer_offsets[self.spec.layer(inp.source).name]
                 if inp.kind == "weight":
                     s, d, g, t = self._weight_edges(inp.parameter, src_off, dst_off)
                 elif inp.kind == "depthwise":
                     s, d, g, t = self._depthwise_edges(inp.parameter, src_off, dst_off)
                 else:
-                    size = layer.size
-                    s = torch.arange(size) + src_off
-                    d = torch.arange(size) + dst_off
-                    g = torch.full((size, self.edge_dim), zero, dtype=torch.long)
-                    g[:, self.centre] = self._const(inp.coefficient)
-                    t = EDGE_TYPES.index(inp.kind)
+                    s, d, g, t = self._constant_edges(layer.size, inp.kind, inp.coefficient,
+                                                      src_off, dst_off)
                 srcs.append(s)
                 dsts.append(d)
                 gathers.append(g)
                 types.append(torch.full((len(s),), t, dtype=torch.long))
-        if srcs:
-            self.edge_index = torch.stack([torch.cat(srcs), torch.cat(dsts)]).long()
-            self.edge_gather = torch.cat(gathers)
-            self.edge_type = torch.cat(types)
-        else:
-            self.edge_index = torch.zeros(2, 0, dtype=torch.long)
-            self.edge_gather = torch.zeros(0, self.edge_dim, dtype=torch.long)
-            self.edge_type = torch.zeros(0, dtype=torch.long)
-        self.num_edges = self.edge_index.shape[1]
+        if not srcs:
+            return (torch.zeros(2, 0, dtype=torch.long),
+                    torch.zeros(0, self.edge_dim, dtype=torch.long),
+                    torch.zeros(0, dtype=torch.long))
+        return (torch.stack([torch.cat(srcs), torch.cat(dsts)]).long(), torch.cat(gathers),
+                torch.cat(types))
 
-        # ---- parameters that index no neuron
-        scalar = [torch.arange(*spec.offsets[p.name]) for p in spec.parameters
-                  if p.role in ("scalar", "unused")]
-        self.scalar_index = torch.cat(scalar) if scalar else torch.zeros(0, dtype=torch.long)
-        self.num_scalars = len(self.scalar_index)
-        self.constants = torch.tensor(self._constants, dtype=torch.float64)
-
-        # ---- the inverse: where each parameter lives in [x | edge_attr | scalars]
+    def _check_each_parameter_once(self) -> None:
+        """Every parameter value must sit in exactly one place of
+        ``[x | edge_attr | scalars]``, or the inverse would be ambiguous."""
+        spec = self.spec
+        P = spec.num_parameters
         layout = torch.cat([self.node_gather.reshape(-1), self.edge_gather.reshape(-1),
                             self.scalar_index])
         is_param = layout < P
@@ -230,15 +291,19 @@ class GraphTemplate:
                         < spec.offsets[q.name][1])
             raise SpecError(f"parameter {name!r} appears {int(counts[bad])} times in the graph "
                             f"(must be exactly once); the spec's layers are inconsistent")
-        # per part: gather index straight into params (constants fixed up after
-        # the gather, so no concatenated copy of params is needed), and the
-        # (parameter column, position) pairs of the inverse
-        self._parts = {}
+
+    def _inverse_parts(self) -> dict[str, dict[str, Tensor]]:
+        """Per part of the graph: the gather index straight into params
+        (constants fixed up after the gather, so no concatenated copy of
+        params is needed), and the (parameter column, position) pairs of the
+        inverse."""
+        P = self.spec.num_parameters
+        parts = {}
         for part, gather in (("x", self.node_gather), ("edge_attr", self.edge_gather)):
             flat = gather.reshape(-1)
             param_pos = torch.nonzero(flat < P).squeeze(1)
             const_pos = torch.nonzero(flat >= P).squeeze(1)
-            self._parts[part] = {
+            parts[part] = {
                 "gather": flat.clamp(max=max(P - 1, 0)),
                 "const_pos": const_pos,
                 "const_val": self.constants[flat[const_pos] - P] if len(const_pos) else
@@ -246,8 +311,8 @@ class GraphTemplate:
                 "cols": flat[param_pos],
                 "pos": param_pos,
             }
-        self._parts["scalars"] = {"cols": self.scalar_index,
-                                  "pos": torch.arange(self.num_scalars)}
+        parts["scalars"] = {"cols": self.scalar_index, "pos": torch.arange(self.num_scalars)}
+        return parts
 
     def _embed_kernel(self, idx: Tensor, kernel: tuple[int, ...], name: str) -> Tensor:
         """``idx [M, *kernel]`` -> ``[M, edge_dim]`` with the kernel centred."""
@@ -292,6 +357,15 @@ class GraphTemplate:
         dst = torch.arange(n_out).repeat_interleave(n_in) + dst_off
         return src, dst, g, etype
 
+    def _constant_edges(self, size: int, kind: str, coefficient: float, src_off: int,
+                        dst_off: int):
+        """Neuron ``i`` of the source to neuron ``i`` of the layer, carrying a
+        constant (a residual connection's coefficient, a norm's identity)."""
+        g = torch.full((size, self.edge_dim), self.spec.num_parameters, dtype=torch.long)
+        g[:, self.centre] = self._const(coefficient)
+        return (torch.arange(size) + src_off, torch.arange(size) + dst_off, g,
+                EDGE_TYPES.index(kind))
+
     def _depthwise_edges(self, name: str, src_off: int, dst_off: int):
         p = self.spec.parameter(name)
         start = self.spec.offsets[name][0]
@@ -309,7 +383,7 @@ class GraphTemplate:
         if params.dim() != 2 or params.shape[1] != self.spec.num_parameters:
             raise StateDictMismatchError(
                 f"expected flat parameters of shape [B, {self.spec.num_parameters}] for this "
-                f"architecture, got {list(params.shape)}"
+                f"architecture, got {list(params.shape)}", parameter="params"
             )
         if not params.is_floating_point():
             params = params.to(self.spec.dtype)
@@ -343,7 +417,8 @@ class GraphTemplate:
         """One checkpoint's flat vector ``[P]`` -> a graph."""
         params = self._check_params(params)
         if params.shape[0] != 1:
-            raise StateDictMismatchError("to_data takes one flat vector; use to_batch for several")
+            raise StateDictMismatchError("to_data takes one flat vector; use to_batch for several",
+                                         parameter="params")
         x, edge_attr, scalars = self._values(params)
         device = params.device
         data = Data(
@@ -383,23 +458,13 @@ class GraphTemplate:
         return self.wrap_batch(tensors, b)
 
     def wrap_batch(self, tensors: dict[str, Tensor], num_graphs: int) -> Batch:
-        """A :class:`Batch` around already batched tensors of this template,
-        with the bookkeeping that ``get_example`` / ``to_data_list`` need."""
-        b, n, e, s = num_graphs, self.num_nodes, self.num_edges, self.num_scalars
-        batch = Batch(_base_cls=Data, **tensors)
-        steps = torch.arange(b + 1)
-        zeros = torch.zeros(b, dtype=torch.long)
-        slices = {"x": steps * n, "edge_index": steps * e, "edge_attr": steps * e,
-                  "edge_type": steps * e, "x_mask": steps * n, "scalars": steps * s}
-        slices.update({k: steps * n for k in NODE_ATTRS})
-        slices = {k: v for k, v in slices.items() if k in tensors}
-        incs = {k: zeros for k in slices}
-        if "edge_index" in incs:
-            incs["edge_index"] = torch.arange(b) * n
-        batch._num_graphs = b
-        batch._slice_dict = slices
-        batch._inc_dict = incs
-        return batch
+        """A :class:`Batch` around already batched tensors of ``num_graphs``
+        graphs of this template, with the bookkeeping that ``get_example`` /
+        ``to_data_list`` need (:func:`wrap_graph_batch` with this template's
+        sizes)."""
+        steps = torch.arange(num_graphs + 1)
+        return wrap_graph_batch(tensors, steps * self.num_nodes, steps * self.num_edges,
+                                steps * self.num_scalars)
 
     def from_batch(self, batch: Data) -> Tensor:
         """Inverse of :meth:`to_batch` (and of a ``Batch.from_data_list`` of
@@ -412,14 +477,15 @@ class GraphTemplate:
             if got != shape:
                 raise StateDictMismatchError(
                     f"graph attribute {key!r} has shape {list(got)}, this architecture's "
-                    f"template expects {list(shape)}; is the graph of a different architecture?"
-                )
+                    f"template expects {list(shape)}; is the graph of a different architecture?",
+                    parameter="batch")
         scalars = getattr(batch, "scalars", None)
         if scalars is None:
             scalars = batch.x.new_zeros(0)
         if scalars.numel() != b * s:
             raise StateDictMismatchError(
-                f"graph attribute 'scalars' has {scalars.numel()} values, expected {b * s}")
+                f"graph attribute 'scalars' has {scalars.numel()} values, expected {b * s}",
+                parameter="batch")
         out = batch.x.new_empty(b, self.spec.num_parameters)
         for part, values in (("x", batch.x), ("edge_attr", batch.edge_attr), ("scalars", scalars)):
             info = self._parts[part]

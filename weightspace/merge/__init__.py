@@ -11,7 +11,8 @@
 Interpolating two independently trained networks needs them aligned first
 (:mod:`weightspace.align`, which also holds REPAIR and the BatchNorm reset
 that repair a merged model); every function here takes state dicts that may
-or may not be aligned.
+or may not be aligned. Merging checkpoint *files* (checked, aligned,
+corrected, scored, saved) is a job: :func:`weightspace.jobs.merge_checkpoints`.
 """
 
 from weightspace.merge.barrier import (
@@ -21,6 +22,7 @@ from weightspace.merge.barrier import (
 )
 from weightspace.merge.config import (
     ALIGN_METHODS,
+    NO_ALIGNMENT,
     ArchitectureConfig,
     MergeConfig,
     MergeConfigError,
@@ -29,6 +31,7 @@ from weightspace.merge.config import (
 )
 from weightspace.merge.methods import (
     MERGE_METHODS,
+    MergeMethod,
     average,
     dare,
     interpolate,
@@ -40,9 +43,11 @@ from weightspace.merge.methods import (
 __all__ = [
     "ALIGN_METHODS",
     "MERGE_METHODS",
+    "NO_ALIGNMENT",
     "ArchitectureConfig",
     "MergeConfig",
     "MergeConfigError",
+    "MergeMethod",
     "ModelEntry",
     "average",
     "barrier",

@@ -26,7 +26,12 @@ repair or evaluate them), the alignment, REPAIR and the data::
     dtype: float32                # optional: dtype of the merged tensors
 
 A model listed in ``models`` that is also the ``base_model`` is skipped, as in
-mergekit. Every problem raises :class:`MergeConfigError` whose message starts
+mergekit. The methods, their names, and the parameters each accepts (global
+and per model, with their defaults) are read from the method's
+:class:`~weightspace.merge.methods.MergeMethod` entry, so a method registered
+in :data:`~weightspace.merge.MERGE_METHODS` is accepted here as it is.
+
+Every problem raises :class:`MergeConfigError` whose message starts
 with the file and names the field (``models[1].parameters.weight`` …).
 """
 
@@ -45,50 +50,64 @@ import yaml
 from torch import Tensor, nn
 
 from weightspace.errors import WeightspaceError
-from weightspace.merge.methods import MERGE_METHODS, merge
+from weightspace.merge.methods import MERGE_METHODS, MergeMethod, merge
+from weightspace.registry import Entry, Registry
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "ALIGN_METHODS",
+    "NO_ALIGNMENT",
     "ArchitectureConfig",
     "MergeConfig",
     "MergeConfigError",
     "ModelEntry",
     "load_merge_config",
+    "method_names",
 ]
 
-#: ``merge_method`` values: ours and mergekit's names -> (method, fixed parameters).
-METHOD_NAMES: dict[str, tuple[str, dict[str, Any]]] = {
-    "average": ("average", {}),
-    "linear": ("average", {}),
-    "task-arith": ("task-arith", {}),
-    "task_arithmetic": ("task-arith", {}),
-    "ties": ("ties", {}),
-    "dare": ("dare", {}),
-    "dare_linear": ("dare", {"ties": False}),
-    "dare_ties": ("dare", {"ties": True}),
-}
+ALIGN_METHODS: Registry[Entry] = Registry("alignment method", (
+    Entry("weight", "weightspace.align.weight_matching:weight_matching",
+          "permute each model's neurons to match the reference's weights (data-free)",
+          reference="Ainsworth et al. 2023, Git Re-Basin, ICLR 2023"),
+    Entry("activation", "weightspace.align.activation_matching:activation_matching",
+          "permute each model's neurons to match the reference's activations on data",
+          reference="Ainsworth et al. 2023, Git Re-Basin, ICLR 2023"),
+), parameter="align")
+"""How to bring the models into one frame before merging (``align`` of a
+config, besides :data:`NO_ALIGNMENT`). The implementations are imported on
+first use, so that reading a config does not import the alignment package."""
 
-#: ``align`` values.
-ALIGN_METHODS = ("weight", "activation", "none")
+#: The ``align`` value that merges the models as they are.
+NO_ALIGNMENT = "none"
+
+#: mergekit's name of a global parameter -> the merge function's parameter.
+PARAMETER_ALIASES = {"lambda": "scaling"}
 
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 _TOP_LEVEL = ("merge_method", "models", "base_model", "parameters", "architecture", "align",
               "repair", "data", "dtype")
-_GLOBAL_PARAMETERS = {
-    "average": ("weight",),
-    "task-arith": ("weight", "scaling", "lambda"),
-    "ties": ("weight", "density", "scaling", "lambda"),
-    "dare": ("weight", "density", "scaling", "lambda", "seed", "rescale", "ties"),
-}
-_MODEL_PARAMETERS = {
-    "average": ("weight",),
-    "task-arith": ("weight",),
-    "ties": ("weight", "density"),
-    "dare": ("weight", "density"),
-}
+
+
+def method_names() -> dict[str, tuple[MergeMethod, dict[str, Any]]]:
+    """Every ``merge_method`` value a config accepts: each registered method's
+    name and its aliases (mergekit's ``linear``, ``dare_ties`` …) -> (method,
+    the parameters the name fixes). Read from :data:`MERGE_METHODS` on every
+    call, so that a method registered later is accepted."""
+    out: dict[str, tuple[MergeMethod, dict[str, Any]]] = {}
+    for entry in MERGE_METHODS.entries():
+        out[entry.name] = (entry, {})
+        for alias, fixed in entry.aliases.items():
+            out[alias] = (entry, dict(fixed))
+    return out
+
+
+def _global_names(entry: MergeMethod) -> tuple[str, ...]:
+    """The keys a config's ``parameters`` may hold for ``entry``."""
+    names = [p.name for p in entry.global_parameters()]
+    aliases = [alias for alias, target in PARAMETER_ALIASES.items() if target in names]
+    return ("weight", *names, *aliases)
 
 
 class MergeConfigError(WeightspaceError):
@@ -97,11 +116,18 @@ class MergeConfigError(WeightspaceError):
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One model to merge: its checkpoint (absolute path) and per-model parameters."""
+    """One model to merge.
+
+    Attributes:
+        model: its checkpoint (absolute path).
+        weight: its weight (the global ``weight``, else 1).
+        parameters: the per-model parameters it sets itself (``density`` …;
+            see :meth:`MergeMethod.model_parameters`).
+    """
 
     model: Path
     weight: float = 1.0
-    density: float | None = None
+    parameters: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -132,14 +158,15 @@ class MergeConfig:
 
     Attributes:
         path: the YAML file.
-        merge_method: a key of :data:`~weightspace.merge.MERGE_METHODS`.
+        merge_method: a name of :data:`~weightspace.merge.MERGE_METHODS` (an
+            alias such as mergekit's ``dare_ties`` is stored as its method).
         models: the models to merge (the base model excluded).
         base_model: the base of the task vectors (``None`` for ``average``).
-        parameters: global method parameters, normalised: ``scaling``
-            (mergekit's ``lambda``), ``density``, ``seed``, ``rescale``,
-            ``ties`` — only those given (or implied by the method name).
+        parameters: global method parameters under the merge function's
+            names (``scaling`` for mergekit's ``lambda``) — only those given
+            or fixed by the method's name.
         architecture: how to build the module, if given.
-        align: ``"weight"``, ``"activation"`` or ``"none"``.
+        align: a name of :data:`ALIGN_METHODS` or :data:`NO_ALIGNMENT`.
         repair: apply REPAIR to the interpolated model.
         data: ``"digits"`` or the absolute path of an ``.npz``; ``None`` if
             not given.
@@ -163,18 +190,18 @@ class MergeConfig:
 
     def method_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the merge function (besides states and base):
-        ``weights``, ``scaling``, ``density`` (one per model when any model
-        sets its own), ``seed``, ``rescale``, ``ties``."""
+        ``weights``, the global parameters, and each per-model parameter as
+        one value per model when any model sets its own (the others take the
+        global value, else the function's default)."""
+        entry = MERGE_METHODS.get(self.merge_method, parameter="merge_method")
         kwargs: dict[str, Any] = {"weights": list(self.weights)}
-        kwargs.update({k: v for k, v in self.parameters.items() if k != "density"})
-        if self.merge_method in ("ties", "dare"):
-            if any(m.density is not None for m in self.models):
-                default = self.parameters.get("density", 0.2 if self.merge_method == "ties"
-                                              else 0.5)
-                kwargs["density"] = [default if m.density is None else m.density
-                                     for m in self.models]
-            elif "density" in self.parameters:
-                kwargs["density"] = self.parameters["density"]
+        kwargs.update({k: v for k, v in self.parameters.items() if k not in entry.per_model})
+        for name in entry.per_model:
+            if any(name in m.parameters for m in self.models):
+                default = self.parameters.get(name, entry.parameter(name).default)
+                kwargs[name] = [m.parameters.get(name, default) for m in self.models]
+            elif name in self.parameters:
+                kwargs[name] = self.parameters[name]
         return kwargs
 
     def merge(self, states: Sequence[Mapping[str, Tensor]],
@@ -183,8 +210,9 @@ class MergeConfig:
         ``base`` with this config's method and parameters; cast to
         :attr:`dtype` when set."""
         if len(states) != len(self.models):
-            raise ValueError(f"{self.path}: the config lists {len(self.models)} models but "
-                             f"{len(states)} state dicts were given")
+            raise WeightspaceError(f"{self.path}: the config lists {len(self.models)} models "
+                                   f"but {len(states)} state dicts were given",
+                                   parameter="states")
         out = merge(self.merge_method, states, base=base, **self.method_kwargs())
         if self.dtype is not None:
             dtype = getattr(torch, self.dtype)
@@ -196,9 +224,9 @@ class MergeConfig:
         copy beside the merged model, as mergekit does)."""
         out: dict[str, Any] = {
             "merge_method": self.merge_method,
-            "models": [{"model": str(m.model), "parameters": {
-                "weight": m.weight, **({} if m.density is None else {"density": m.density})}}
-                for m in self.models],
+            "models": [{"model": str(m.model),
+                        "parameters": {"weight": m.weight, **m.parameters}}
+                       for m in self.models],
         }
         if self.base_model is not None:
             out["base_model"] = str(self.base_model)
@@ -258,12 +286,15 @@ class _Reader:
             raise self.error(field_name, f"must be a finite number, got {_describe(value)}")
         return float(value)
 
-    def density(self, value: Any, field_name: str) -> float:
-        d = self.number(value, field_name)
-        if not 0.0 < d <= 1.0:
-            raise self.error(field_name, f"must be in (0, 1] (the fraction of task-vector "
-                                         f"entries kept), got {d}")
-        return d
+    def parameter(self, entry: MergeMethod, name: str, value: Any, field_name: str) -> Any:
+        """``value`` of the method's parameter ``name``, validated by the method."""
+        if isinstance(value, (list, tuple)):
+            raise self.error(field_name, "per-layer lists (mergekit gradients) are not "
+                                         "supported; give one value")
+        try:
+            return entry.check(name, value)
+        except WeightspaceError as err:
+            raise self.error(field_name, str(err)) from None
 
     def boolean(self, value: Any, field_name: str) -> bool:
         if not isinstance(value, bool):
@@ -292,7 +323,9 @@ def load_merge_config(path: str | os.PathLike[str]) -> MergeConfig:
     """Read and validate a merge config (YAML; see the module docstring).
 
     Paths (models, base model, ``.npz`` data, ``file.py:callable``) are
-    resolved against the YAML file's folder and must exist.
+    resolved against the YAML file's folder and must exist. The accepted
+    methods and their parameters are read from
+    :data:`~weightspace.merge.MERGE_METHODS`.
 
     Raises:
         MergeConfigError: unreadable file, invalid YAML, or an invalid field;
@@ -300,6 +333,41 @@ def load_merge_config(path: str | os.PathLike[str]) -> MergeConfig:
     """
     path = Path(path)
     reader = _Reader(path)
+    raw = _read_mapping(reader)
+    name, entry, fixed = _method(reader, raw)
+    global_params = reader.mapping(raw.get("parameters") or {}, "parameters")
+    if "models" not in raw:
+        raise reader.error("models", "is required: a list of {model: PATH, parameters: {...}}")
+    reader.known_keys(global_params, _global_names(entry), "parameters",
+                      f" for merge_method {name}")
+    entries = _models(reader, raw["models"], entry, name, global_params)
+    base_model, entries = _base_model(reader, raw, entry, name, entries)
+    parameters = _global_parameters(reader, global_params, entry, name, fixed)
+    _check_weights(reader, entries, entry, name, parameters)
+    align, repair, data = _align_repair_data(reader, raw, entry, len(entries))
+    dtype = raw.get("dtype")
+    if dtype is not None and dtype not in DTYPES:
+        raise reader.error("dtype", f"must be one of {', '.join(DTYPES)}, got {_describe(dtype)}")
+    architecture = None
+    needs_trace = align != NO_ALIGNMENT or repair
+    if raw.get("architecture") is not None:
+        architecture = _architecture(reader, raw["architecture"], needs_trace)
+    elif needs_trace or data is not None:
+        uses = [u for u, on in (("align", align != NO_ALIGNMENT), ("repair", repair),
+                                ("data", data is not None)) if on]
+        raise reader.error("architecture", f"is required by {', '.join(uses)} (the checkpoints "
+                                           f"are state dicts; the module must be built)")
+    config = MergeConfig(path=path, merge_method=entry.name, models=tuple(entries),
+                         base_model=base_model, parameters=parameters,
+                         architecture=architecture, align=align, repair=repair, data=data,
+                         dtype=dtype)
+    logger.debug("loaded merge config %s: %s of %d models", path, entry.name, len(entries))
+    return config
+
+
+def _read_mapping(reader: _Reader) -> dict:
+    """The YAML file's top-level mapping, with only known fields."""
+    path = reader.path
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
@@ -317,28 +385,31 @@ def load_merge_config(path: str | os.PathLike[str]) -> MergeConfig:
     raw = reader.mapping(raw, "<top level>")
     reader.known_keys(raw, _TOP_LEVEL, None,
                       " (mergekit fields such as slices, tokenizer_source are not supported)")
+    return raw
 
-    # --- method
+
+def _method(reader: _Reader, raw: Mapping) -> tuple[str, MergeMethod, dict[str, Any]]:
+    """``(the name as written, the method, the parameters the name fixes)``."""
+    names = method_names()
     if "merge_method" not in raw:
         raise reader.error("merge_method", f"is required; one of {', '.join(MERGE_METHODS)}")
     name = reader.string(raw["merge_method"], "merge_method")
-    if name not in METHOD_NAMES:
+    if name not in names:
         raise reader.error("merge_method", f"unknown method {name!r}; expected one of "
-                                           f"{', '.join(METHOD_NAMES)}")
-    method, implied = METHOD_NAMES[name]
+                                           f"{', '.join(names)}")
+    entry, fixed = names[name]
+    return name, entry, fixed
 
-    # --- models
-    if "models" not in raw:
-        raise reader.error("models", "is required: a list of {model: PATH, parameters: {...}}")
-    if not isinstance(raw["models"], list) or not raw["models"]:
-        raise reader.error("models", f"must be a non-empty list, got {_describe(raw['models'])}")
-    global_params = reader.mapping(raw.get("parameters") or {}, "parameters")
-    reader.known_keys(global_params, _GLOBAL_PARAMETERS[method], "parameters",
-                      f" for merge_method {name}")
+
+def _models(reader: _Reader, items: Any, entry: MergeMethod, name: str,
+            global_params: Mapping) -> list[ModelEntry]:
+    """The ``models`` list: paths that exist and the parameters each sets."""
+    if not isinstance(items, list) or not items:
+        raise reader.error("models", f"must be a non-empty list, got {_describe(items)}")
     default_weight = (reader.number(global_params["weight"], "parameters.weight")
                       if "weight" in global_params else 1.0)
     entries: list[ModelEntry] = []
-    for i, item in enumerate(raw["models"]):
+    for i, item in enumerate(items):
         where = f"models[{i}]"
         if isinstance(item, str):
             item = {"model": item}
@@ -348,72 +419,85 @@ def load_merge_config(path: str | os.PathLike[str]) -> MergeConfig:
             raise reader.error(f"{where}.model", "is required (the checkpoint path)")
         model_path = reader.file(item["model"], f"{where}.model")
         params = reader.mapping(item.get("parameters") or {}, f"{where}.parameters")
-        reader.known_keys(params, _MODEL_PARAMETERS[method], f"{where}.parameters",
+        reader.known_keys(params, entry.model_parameters(), f"{where}.parameters",
                           f" for merge_method {name}")
         weight = (reader.number(params["weight"], f"{where}.parameters.weight")
                   if "weight" in params else default_weight)
-        density = (reader.density(params["density"], f"{where}.parameters.density")
-                   if "density" in params else None)
-        entries.append(ModelEntry(model_path, weight, density))
+        own = {key: reader.parameter(entry, key, value, f"{where}.parameters.{key}")
+               for key, value in params.items() if key != "weight"}
+        entries.append(ModelEntry(model_path, weight, own))
+    return entries
 
-    # --- base model
+
+def _base_model(reader: _Reader, raw: Mapping, entry: MergeMethod, name: str,
+                entries: list[ModelEntry]) -> tuple[Path | None, list[ModelEntry]]:
+    """The base model (required exactly by methods on task vectors) and the
+    models without it (mergekit lists the base among the models)."""
     base_model = None
     if raw.get("base_model") is not None:
-        if method == "average":
+        if not entry.needs_base:
+            with_base = [e.name for e in MERGE_METHODS.entries() if e.needs_base]
             raise reader.error("base_model", f"merge_method {name} does not use a base model; "
-                                             f"use task-arith, ties or dare for task vectors")
+                                             f"use {', '.join(with_base)} for task vectors")
         base_model = reader.file(raw["base_model"], "base_model")
-    elif method != "average":
+    elif entry.needs_base:
         raise reader.error("base_model", f"is required by merge_method {name} (task vectors "
                                          f"are differences to the base model)")
     if base_model is not None:
         kept = [e for e in entries if e.model != base_model]
         if len(kept) < len(entries):
-            logger.debug("%s: the base model is also listed in models; skipped as a model", path)
+            logger.debug("%s: the base model is also listed in models; skipped as a model",
+                         reader.path)
         entries = kept
     if not entries:
         raise reader.error("models", "lists no model besides the base model")
+    return base_model, entries
 
-    # --- global parameters
+
+def _global_parameters(reader: _Reader, given: Mapping, entry: MergeMethod, name: str,
+                       fixed: Mapping[str, Any]) -> dict[str, Any]:
+    """The global parameters under the function's names (``lambda`` ->
+    ``scaling``), validated, plus those the method's name fixes."""
+    for alias, target in PARAMETER_ALIASES.items():
+        if alias in given and target in given:
+            raise reader.error(f"parameters.{alias}", f"give either {target} or {alias} (the "
+                                                      f"same thing), not both")
     parameters: dict[str, Any] = {}
-    if "scaling" in global_params and "lambda" in global_params:
-        raise reader.error("parameters.lambda", "give either scaling or lambda (the same "
-                                                "thing), not both")
-    for key in ("scaling", "lambda"):
-        if key in global_params:
-            parameters["scaling"] = reader.number(global_params[key], f"parameters.{key}")
-    if "density" in global_params:
-        parameters["density"] = reader.density(global_params["density"], "parameters.density")
-    if "seed" in global_params:
-        seed = global_params["seed"]
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise reader.error("parameters.seed", f"must be an integer, got {_describe(seed)}")
-        parameters["seed"] = seed
-    if "rescale" in global_params:
-        parameters["rescale"] = reader.boolean(global_params["rescale"], "parameters.rescale")
-    if "ties" in global_params:
-        value = reader.boolean(global_params["ties"], "parameters.ties")
-        if "ties" in implied and implied["ties"] != value:
-            raise reader.error("parameters.ties", f"contradicts merge_method {name}")
-        parameters["ties"] = value
-    parameters.update(implied)
-    needs_positive = method == "ties" or (method == "dare" and parameters.get("ties", False))
-    for i, entry in enumerate(entries):
-        if needs_positive and entry.weight <= 0:
-            raise reader.error(f"models[{i}].parameters.weight",
-                               f"must be positive for merge_method {name}, got {entry.weight}")
-    if method == "average" and abs(sum(e.weight for e in entries)) < 1e-12:
-        raise reader.error("models", "the weights sum to zero; average needs a non-zero total")
+    for key, value in given.items():
+        if key == "weight":
+            continue  # the models' default weight, read with the models
+        target = PARAMETER_ALIASES.get(key, key)
+        value = reader.parameter(entry, target, value, f"parameters.{key}")
+        if target in fixed and fixed[target] != value:
+            raise reader.error(f"parameters.{key}", f"contradicts merge_method {name}")
+        parameters[target] = value
+    parameters.update(fixed)
+    return parameters
 
-    # --- align, repair, data, dtype
-    align = raw.get("align", "none")
+
+def _check_weights(reader: _Reader, entries: Sequence[ModelEntry], entry: MergeMethod,
+                   name: str, parameters: Mapping[str, Any]) -> None:
+    if entry.needs_positive_weights(parameters):
+        for i, model in enumerate(entries):
+            if model.weight <= 0:
+                raise reader.error(f"models[{i}].parameters.weight",
+                                   f"must be positive for merge_method {name}, got "
+                                   f"{model.weight}")
+    if entry.normalises_weights and abs(sum(e.weight for e in entries)) < 1e-12:
+        raise reader.error("models", f"the weights sum to zero; {name} divides by their total")
+
+
+def _align_repair_data(reader: _Reader, raw: Mapping, entry: MergeMethod,
+                       num_models: int) -> tuple[str, bool, str | Path | None]:
+    align = raw.get("align", NO_ALIGNMENT)
     if align is None or align is False:
-        align = "none"
-    if align not in ALIGN_METHODS:
-        raise reader.error("align", f"must be one of {', '.join(ALIGN_METHODS)}, got "
+        align = NO_ALIGNMENT
+    choices = (*ALIGN_METHODS.names(), NO_ALIGNMENT)
+    if align not in choices:
+        raise reader.error("align", f"must be one of {', '.join(choices)}, got "
                                     f"{_describe(align)}")
     repair = reader.boolean(raw["repair"], "repair") if "repair" in raw else False
-    if repair and (method != "average" or len(entries) != 2):
+    if repair and (entry.name != "average" or num_models != 2):
         raise reader.error("repair", "REPAIR corrects an interpolation of two models: it needs "
                                      "merge_method average with exactly two models")
     data: str | Path | None = None
@@ -429,27 +513,7 @@ def load_merge_config(path: str | os.PathLike[str]) -> MergeConfig:
     if data is None and (repair or align == "activation"):
         raise reader.error("data", "is required by " + ("repair: true" if repair
                                                          else "align: activation"))
-    dtype = raw.get("dtype")
-    if dtype is not None and dtype not in DTYPES:
-        raise reader.error("dtype", f"must be one of {', '.join(DTYPES)}, got {_describe(dtype)}")
-
-    # --- architecture
-    architecture = None
-    needs_trace = align != "none" or repair
-    if raw.get("architecture") is not None:
-        architecture = _architecture(reader, raw["architecture"], needs_trace)
-    elif needs_trace or data is not None:
-        uses = [u for u, on in (("align", align != "none"), ("repair", repair),
-                                ("data", data is not None)) if on]
-        raise reader.error("architecture", f"is required by {', '.join(uses)} (the checkpoints "
-                                           f"are state dicts; the module must be built)")
-
-    config = MergeConfig(path=path, merge_method=method, models=tuple(entries),
-                         base_model=base_model, parameters=parameters,
-                         architecture=architecture, align=align, repair=repair, data=data,
-                         dtype=dtype)
-    logger.debug("loaded merge config %s: %s of %d models", path, method, len(entries))
-    return config
+    return align, repair, data
 
 
 def _architecture(reader: _Reader, value: Any, needs_shape: bool) -> ArchitectureConfig:

@@ -7,9 +7,10 @@ its first state-dict argument. Nothing is modified in place.
 Conventions shared by all methods:
 
 * every state dict must have the same keys and, per key, the same shape; a
-  difference raises :class:`ValueError` naming the model and the key;
-* a NaN or infinite value raises :class:`ValueError` naming the model and
-  the key;
+  difference raises :class:`~weightspace.errors.WeightspaceError` naming the
+  model and the key;
+* a NaN or infinite value raises :class:`~weightspace.spec.NonFiniteError`
+  (a ``WeightspaceError``) naming the model and the key;
 * floating tensors (weights, biases and floating buffers such as BatchNorm's
   ``running_mean``/``running_var``) are combined by the method's formula,
   computed in at least float32 and cast back to the first argument's dtype;
@@ -32,21 +33,27 @@ Methods:
   Abilities from Homologous Models as a Free Lunch" (ICML 2024): random drop
   and rescale of the task vectors, then task arithmetic or TIES.
 
-The names in :data:`MERGE_METHODS` are the ``merge_method`` values of a merge
-config (:mod:`weightspace.merge.config`); :func:`merge` dispatches on them.
+:data:`MERGE_METHODS` registers each method once, as a :class:`MergeMethod`
+(function, description, paper, and what a config may set — read from the
+function's signature); its names are the ``merge_method`` values of a merge
+config (:mod:`weightspace.merge.config`) and :func:`merge` dispatches on them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from weightspace.errors import WeightspaceError
+from weightspace.registry import Entry, Parameter, Registry
+from weightspace.spec import check_finite
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +61,8 @@ StateDict = Mapping[str, Tensor]
 
 __all__ = [
     "MERGE_METHODS",
+    "MergeMethod",
+    "check_density",
     "average",
     "dare",
     "interpolate",
@@ -64,43 +73,51 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- checks
-def _check_states(states: Sequence[StateDict], labels: Sequence[str]) -> list[str]:
-    """Same keys, tensors, same shapes, finite floats; returns the key order."""
+def _check_states(states: Sequence[StateDict], labels: Sequence[str],
+                  parameters: Sequence[str]) -> list[str]:
+    """Same keys, tensors, same shapes, finite floats; returns the key order.
+
+    ``labels[i]`` names state dict ``i`` in messages (``"model 1"``) and
+    ``parameters[i]`` the argument that held it (``"states"``, ``"base"``).
+    """
     if not states:
-        raise ValueError("no state dicts to merge")
-    for state, label in zip(states, labels, strict=True):
+        raise WeightspaceError("no state dicts to merge", parameter="states")
+    for state, label, parameter in zip(states, labels, parameters, strict=True):
         if not isinstance(state, Mapping):
-            raise ValueError(f"{label} is a {type(state).__name__}, not a state dict (a mapping "
-                             f"from parameter names to tensors)")
+            raise WeightspaceError(f"{label} is a {type(state).__name__}, not a state dict (a "
+                                   f"mapping from parameter names to tensors)", parameter=parameter)
     first, first_label = states[0], labels[0]
     keys = list(first)
     key_set = set(keys)
-    for state, label in zip(states[1:], labels[1:], strict=True):
+    for state, label, parameter in zip(states[1:], labels[1:], parameters[1:], strict=True):
         for key in keys:
             if key not in state:
-                raise ValueError(f"{label} has no key {key!r} that {first_label} has; are these "
-                                 f"checkpoints of the same architecture?")
+                raise WeightspaceError(f"{label} has no key {key!r} that {first_label} has; are "
+                                       f"these checkpoints of the same architecture?",
+                                       parameter=parameter)
         for key in state:
             if key not in key_set:
-                raise ValueError(f"{label} has a key {key!r} that {first_label} does not have; "
-                                 f"are these checkpoints of the same architecture?")
-    for state, label in zip(states, labels, strict=True):
+                raise WeightspaceError(f"{label} has a key {key!r} that {first_label} does not "
+                                       f"have; are these checkpoints of the same architecture?",
+                                       parameter=parameter)
+    for state, label, parameter in zip(states, labels, parameters, strict=True):
         for key in keys:
             value = state[key]
             if not isinstance(value, Tensor):
-                raise ValueError(f"{label}: entry {key!r} is a {type(value).__name__}, "
-                                 f"not a tensor")
+                raise WeightspaceError(f"{label}: entry {key!r} is a {type(value).__name__}, "
+                                       f"not a tensor", parameter=parameter)
             if value.shape != first[key].shape:
-                raise ValueError(f"{label}: entry {key!r} has shape {list(value.shape)} but "
-                                 f"{first_label} has {list(first[key].shape)}")
-            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                bad = "NaN" if bool(torch.isnan(value).any()) else "infinite"
-                raise ValueError(f"{label}: entry {key!r} has {bad} values")
+                raise WeightspaceError(f"{label}: entry {key!r} has shape {list(value.shape)} "
+                                       f"but {first_label} has {list(first[key].shape)}",
+                                       parameter=parameter)
+        check_finite(state, label, keys)
     return keys
 
 
-def _labels(n: int, base: bool = False) -> list[str]:
-    return (["base model"] if base else []) + [f"model {i}" for i in range(n)]
+def _labels(n: int, base: bool = False) -> tuple[list[str], list[str]]:
+    """Message labels and argument names of ``[base,] states[0..n-1]``."""
+    labels = (["base model"] if base else []) + [f"model {i}" for i in range(n)]
+    return labels, (["base"] if base else []) + ["states"] * n
 
 
 def _check_weights(weights: Sequence[float] | None, n: int, positive: bool = False) -> list[float]:
@@ -110,32 +127,63 @@ def _check_weights(weights: Sequence[float] | None, n: int, positive: bool = Fal
         weights = weights.tolist()
     weights = [float(w) for w in weights]
     if len(weights) != n:
-        raise ValueError(f"weights has {len(weights)} entries for {n} models")
+        raise WeightspaceError(f"weights has {len(weights)} entries for {n} models",
+                               parameter="weights")
     for i, w in enumerate(weights):
         if not math.isfinite(w):
-            raise ValueError(f"weight of model {i} is {w}; weights must be finite")
+            raise WeightspaceError(f"weight of model {i} is {w}; weights must be finite",
+                                   parameter="weights")
         if positive and w <= 0:
-            raise ValueError(f"weight of model {i} is {w}; this method needs positive weights")
+            raise WeightspaceError(f"weight of model {i} is {w}; this method needs positive "
+                                   f"weights", parameter="weights")
     return weights
+
+
+def check_density(density: Any) -> float:
+    """``density`` as a float in ``(0, 1]``, the fraction of task-vector entries kept.
+
+    Raises:
+        WeightspaceError: not a number in ``(0, 1]`` (``parameter="density"``).
+    """
+    if isinstance(density, bool) or not isinstance(density, (int, float)) \
+            or not 0.0 < float(density) <= 1.0:
+        raise WeightspaceError(f"density must be in (0, 1] (the fraction of task-vector entries "
+                               f"kept), got {density!r}", parameter="density")
+    return float(density)
 
 
 def _check_density(density: float | Sequence[float], n: int) -> list[float]:
     values = [density] * n if isinstance(density, (int, float)) else list(density)
     if len(values) != n:
-        raise ValueError(f"density has {len(values)} entries for {n} models")
+        raise WeightspaceError(f"density has {len(values)} entries for {n} models",
+                               parameter="density")
     out = []
     for i, d in enumerate(values):
-        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 < float(d) <= 1.0:
-            raise ValueError(f"density of model {i} is {d!r}; it must be in (0, 1] (the "
-                             f"fraction of task-vector entries kept)")
-        out.append(float(d))
+        try:
+            out.append(check_density(d))
+        except WeightspaceError:
+            raise WeightspaceError(f"density of model {i} is {d!r}; it must be in (0, 1] (the "
+                                   f"fraction of task-vector entries kept)",
+                                   parameter="density") from None
     return out
 
 
 def _check_scalar(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        raise WeightspaceError(f"{name} must be a finite number, got {value!r}", parameter=name)
     return float(value)
+
+
+def _check_integer(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise WeightspaceError(f"{name} must be an integer, got {value!r}", parameter=name)
+    return value
+
+
+def _check_boolean(name: str, value: bool) -> bool:
+    if not isinstance(value, bool):
+        raise WeightspaceError(f"{name} must be true or false, got {value!r}", parameter=name)
+    return value
 
 
 def _work_dtype(t: Tensor) -> torch.dtype:
@@ -167,11 +215,12 @@ def interpolate(state_a: StateDict, state_b: StateDict, lam: float) -> dict[str,
     networks is usually poor.
 
     Raises:
-        ValueError: different keys/shapes, NaN/Inf values (naming the model
+        WeightspaceError: different keys/shapes, NaN/Inf values (naming the model
             and key), or a non-finite ``lam``.
     """
     lam = _check_scalar("lam", lam)
-    keys = _check_states([state_a, state_b], ["model 0 (state_a)", "model 1 (state_b)"])
+    keys = _check_states([state_a, state_b], ["model 0 (state_a)", "model 1 (state_b)"],
+                         ["state_a", "state_b"])
     out = {}
     for key in keys:
         a = state_a[key]
@@ -191,15 +240,16 @@ def average(states: Sequence[StateDict], weights: Sequence[float] | None = None
     default ("model soups", Wortsman et al. 2022).
 
     Raises:
-        ValueError: mismatched keys/shapes, NaN/Inf values, bad weights
+        WeightspaceError: mismatched keys/shapes, NaN/Inf values, bad weights
             (wrong count, non-finite, or summing to zero).
     """
     states = list(states)
-    keys = _check_states(states, _labels(len(states)))
+    keys = _check_states(states, *_labels(len(states)))
     w = _check_weights(weights, len(states))
     total = sum(w)
     if abs(total) < 1e-12:
-        raise ValueError(f"weights {w} sum to zero; average needs a non-zero total weight")
+        raise WeightspaceError(f"weights {w} sum to zero; average needs a non-zero total weight",
+                               parameter="weights")
     out = {}
     for key in keys:
         first = states[0][key]
@@ -222,10 +272,10 @@ def task_arithmetic(base: StateDict, states: Sequence[StateDict], scaling: float
     With one model, ``scaling = 1`` and weight 1 this returns that model.
 
     Raises:
-        ValueError: mismatched keys/shapes, NaN/Inf values, bad weights.
+        WeightspaceError: mismatched keys/shapes, NaN/Inf values, bad weights.
     """
     states = list(states)
-    keys = _check_states([base, *states], _labels(len(states), base=True))
+    keys = _check_states([base, *states], *_labels(len(states), base=True))
     scaling = _check_scalar("scaling", scaling)
     w = _check_weights(weights, len(states))
     out = {}
@@ -293,11 +343,11 @@ def ties(base: StateDict, states: Sequence[StateDict], density: float | Sequence
         weights: positive per-model weights (default all 1).
 
     Raises:
-        ValueError: mismatched keys/shapes, NaN/Inf values, bad density,
+        WeightspaceError: mismatched keys/shapes, NaN/Inf values, bad density,
             scaling or weights.
     """
     states = list(states)
-    keys = _check_states([base, *states], _labels(len(states), base=True))
+    keys = _check_states([base, *states], *_labels(len(states), base=True))
     scaling = _check_scalar("scaling", scaling)
     densities = _check_density(density, len(states))
     w = _check_weights(weights, len(states), positive=True)
@@ -353,16 +403,15 @@ def dare(base: StateDict, states: Sequence[StateDict], density: float | Sequence
         ties: combine with TIES sign election + disjoint mean instead of a sum.
 
     Raises:
-        ValueError: mismatched keys/shapes, NaN/Inf values, bad density,
+        WeightspaceError: mismatched keys/shapes, NaN/Inf values, bad density,
             scaling, weights or seed.
     """
     states = list(states)
-    keys = _check_states([base, *states], _labels(len(states), base=True))
+    keys = _check_states([base, *states], *_labels(len(states), base=True))
     scaling = _check_scalar("scaling", scaling)
     densities = _check_density(density, len(states))
     w = _check_weights(weights, len(states), positive=ties)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    seed = _check_integer("seed", seed)
     out = {}
     for key in keys:
         if not base[key].is_floating_point():
@@ -381,44 +430,145 @@ def dare(base: StateDict, states: Sequence[StateDict], density: float | Sequence
     return out
 
 
-MERGE_METHODS: dict[str, Callable[..., dict[str, Tensor]]] = {
-    "average": average,
-    "task-arith": task_arithmetic,
-    "ties": ties,
-    "dare": dare,
-}
-"""Merge methods by their config name (``merge_method`` of a merge config)."""
+# ------------------------------------------------------------------------ registry
+#: Arguments of a merge function that carry the models rather than settings.
+_DATA_ARGUMENTS = ("base", "states", "weights")
 
-_BASE_METHODS = ("task-arith", "ties", "dare")
+
+@dataclass(frozen=True)
+class MergeMethod(Entry):
+    """A merge method: its function and what a merge config may set for it.
+
+    The function is ``f(states, weights=None, **params)``, or
+    ``f(base, states, weights=None, **params)`` for a method on task vectors;
+    every other parameter of its signature is a *global* parameter of the
+    method, with the signature's default.
+
+    Attributes:
+        per_model: global parameters a model may also set for itself (the
+            function then takes one value per model), besides its ``weight``.
+        aliases: other names of the method (mergekit's) and the parameters
+            each name fixes, e.g. ``{"dare_ties": {"ties": True}}``.
+        positive_weights: the method needs positive weights; or the name of
+            the boolean parameter that makes it need them (``dare``'s ``ties``).
+        normalises_weights: the method divides by the sum of the weights,
+            which then must not be zero.
+        checks: validators of the parameters whose valid values the type of
+            the default does not tell (``density`` in ``(0, 1]``); each
+            returns the value to use or raises :class:`WeightspaceError`.
+    """
+
+    per_model: tuple[str, ...] = ()
+    aliases: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    positive_weights: bool | str = False
+    normalises_weights: bool = False
+    checks: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        names = {p.name for p in self.global_parameters()}
+        flag = [self.positive_weights] if isinstance(self.positive_weights, str) else []
+        for name in (*self.per_model, *self.checks, *flag):
+            if name not in names:
+                raise WeightspaceError(f"merge method {self.name!r}: {name!r} is not a parameter "
+                                       f"of {getattr(self.load(), '__name__', self.target)}",
+                                       parameter="per_model")
+
+    @property
+    def needs_base(self) -> bool:
+        """Whether the function's first argument is a base model (task vectors)."""
+        parameters = self.parameters()
+        return bool(parameters) and parameters[0].name == "base"
+
+    def global_parameters(self) -> tuple[Parameter, ...]:
+        """The method's settings: its function's parameters besides the models
+        and their weights, with their defaults."""
+        return tuple(p for p in self.parameters() if p.name not in _DATA_ARGUMENTS)
+
+    def model_parameters(self) -> tuple[str, ...]:
+        """What one model may set for itself: ``weight`` and :attr:`per_model`."""
+        return ("weight", *self.per_model)
+
+    def needs_positive_weights(self, parameters: Mapping[str, Any]) -> bool:
+        """Whether the weights must be positive with these global ``parameters``."""
+        if isinstance(self.positive_weights, str):
+            return bool(parameters.get(self.positive_weights,
+                                       self.parameter(self.positive_weights).default))
+        return self.positive_weights
+
+    def check(self, name: str, value: Any) -> Any:
+        """``value`` of global parameter ``name``, validated: by :attr:`checks`,
+        else by the type of its default (bool, int, float).
+
+        Raises:
+            WeightspaceError: a value of the wrong type or range, or a
+                parameter the method does not take (``parameter=name``).
+        """
+        if name in self.checks:
+            return self.checks[name](value)
+        default = self.parameter(name).default
+        if isinstance(default, bool):
+            return _check_boolean(name, value)
+        if isinstance(default, int):
+            return _check_integer(name, value)
+        if isinstance(default, float):
+            return _check_scalar(name, value)
+        return value
+
+
+MERGE_METHODS: Registry[MergeMethod] = Registry("merge method", (
+    MergeMethod("average", average,
+                "weighted mean of the models (model soups)",
+                reference="Wortsman et al. 2022, Model soups, ICML 2022",
+                aliases={"linear": {}}, normalises_weights=True),
+    MergeMethod("task-arith", task_arithmetic,
+                "base + scaling * weighted sum of the task vectors",
+                reference="Ilharco et al. 2023, Editing Models with Task Arithmetic, ICLR 2023",
+                aliases={"task_arithmetic": {}}),
+    MergeMethod("ties", ties,
+                "trim the task vectors, elect a sign per entry, disjoint mean",
+                reference="Yadav et al. 2023, TIES-Merging, NeurIPS 2023",
+                per_model=("density",), positive_weights=True,
+                checks={"density": check_density}),
+    MergeMethod("dare", dare,
+                "drop and rescale task-vector entries, then task arithmetic or TIES",
+                reference="Yu et al. 2024, Language Models are Super Mario, ICML 2024",
+                per_model=("density",), aliases={"dare_linear": {"ties": False},
+                                                 "dare_ties": {"ties": True}},
+                positive_weights="ties", checks={"density": check_density}),
+), parameter="method")
+"""Merge methods by their config name (``merge_method`` of a merge config).
+Register a :class:`MergeMethod` here and :func:`merge`, merge configs and the
+CLI accept it."""
 
 
 def merge(method: str, states: Sequence[StateDict], base: StateDict | None = None,
           weights: Sequence[float] | None = None, **params: Any) -> dict[str, Tensor]:
-    """Run the method called ``method`` (a key of :data:`MERGE_METHODS`).
+    """Run the method called ``method`` (a name of :data:`MERGE_METHODS`).
 
-    ``base`` is required by ``task-arith``, ``ties`` and ``dare`` and refused
-    by ``average``; ``params`` are the method's keyword arguments
-    (``scaling``, ``density``, ``seed``, ``rescale``, ``ties``).
+    ``base`` is required by the methods on task vectors (``task-arith``,
+    ``ties``, ``dare``) and refused by the others; ``params`` are the
+    method's global parameters (``scaling``, ``density``, ``seed``,
+    ``rescale``, ``ties``).
 
     Raises:
-        ValueError: unknown method, a missing/unexpected base, or a parameter
-            the method does not take.
+        WeightspaceError: unknown method, a missing/unexpected base, or a
+            parameter the method does not take.
     """
-    if method not in MERGE_METHODS:
-        raise ValueError(f"unknown merge method {method!r}; choose one of "
-                         f"{', '.join(MERGE_METHODS)}")
-    function = MERGE_METHODS[method]
-    accepted = set(inspect.signature(function).parameters) - {"base", "states", "weights"}
-    unknown = sorted(set(params) - accepted)
+    entry = MERGE_METHODS.get(method)
+    accepted = [p.name for p in entry.global_parameters()]
+    unknown = sorted(set(params) - set(accepted))
     if unknown:
-        raise ValueError(f"merge method {method!r} does not take {', '.join(unknown)}; it takes "
-                         f"{', '.join(sorted(accepted)) or 'no parameters'}")
+        raise WeightspaceError(f"merge method {method!r} does not take {', '.join(unknown)}; it "
+                               f"takes {', '.join(sorted(accepted)) or 'no parameters'}",
+                               parameter=unknown[0])
     logger.debug("merging %d models with %s %s", len(states), method, params)
-    if method in _BASE_METHODS:
+    if entry.needs_base:
         if base is None:
-            raise ValueError(f"merge method {method!r} needs a base model (the task vectors "
-                             f"are differences to it)")
-        return function(base, states, weights=weights, **params)
+            raise WeightspaceError(f"merge method {method!r} needs a base model (the task "
+                                   f"vectors are differences to it)", parameter="base")
+        return entry(base, states, weights=weights, **params)
     if base is not None:
-        raise ValueError(f"merge method {method!r} does not use a base model")
-    return function(states, weights=weights, **params)
+        raise WeightspaceError(f"merge method {method!r} does not use a base model",
+                               parameter="base")
+    return entry(states, weights=weights, **params)

@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from weightspace.errors import WeightspaceError
 from weightspace.models.cnn import SmallCNN
 from weightspace.models.cnn_park import ParkCNN
 from weightspace.models.inr_siren import SirenINR
@@ -25,39 +26,44 @@ from weightspace.models.siren import SIREN
 from weightspace.models.tf_cnn import TFCNN
 from weightspace.models.vgg import VGG
 from weightspace.models.wild import WildCNN
+from weightspace.registry import Entry, Registry, UnknownNameError
 
 # Side length of the built-in digits data (sklearn's 8x8 handwritten digits),
 # the image size every family's default input shape is made for.
 DIGITS_SIZE = 8
 
 
-@dataclass(frozen=True)
-class ModelFamily:
+@dataclass(frozen=True, kw_only=True)
+class ModelFamily(Entry):
     """One built-in architecture family.
 
     Attributes:
         name: short name used in configs and on the command line.
-        constructor: class or factory function building the module.
+        target: class or factory function building the module (also
+            :attr:`constructor`).
         description: one line for ``--help`` texts and listings.
+        reference: the paper the architecture comes from.
         default_input_shape: maps the constructor's keyword arguments, with
             every default filled in, to a batch-1 example input shape.
     """
 
-    name: str
-    constructor: Callable[..., nn.Module]
-    description: str
     default_input_shape: Callable[[dict[str, Any]], tuple[int, ...]]
+
+    @property
+    def constructor(self) -> Callable[..., nn.Module]:
+        """The class or factory function building the module."""
+        return self.load()
 
     def accepted_arguments(self) -> tuple[str, ...]:
         """Names of the keyword arguments the constructor accepts."""
-        return tuple(inspect.signature(self.constructor).parameters)
+        return self.parameter_names()
 
     def resolve_arguments(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """Return ``kwargs`` with the constructor's defaults filled in.
 
         Raises:
-            ValueError: an argument the constructor does not accept (or a
-                missing required one); the message names the family, the
+            WeightspaceError: an argument the constructor does not accept (or
+                a missing required one); the message names the family, the
                 argument and the accepted arguments.
         """
         signature = inspect.signature(self.constructor)
@@ -68,80 +74,78 @@ class ModelFamily:
             problem = (
                 f"unexpected argument(s) {', '.join(map(repr, unknown))}" if unknown else str(err)
             )
-            raise ValueError(
+            raise WeightspaceError(
                 f"Model family {self.name!r}: {problem}. "
-                f"Accepted arguments: {', '.join(signature.parameters)}."
+                f"Accepted arguments: {', '.join(signature.parameters)}.",
+                parameter="model_args",
             ) from err
         bound.apply_defaults()
         return dict(bound.arguments)
 
 
-BUILTIN_MODELS: dict[str, ModelFamily] = {
-    family.name: family
-    for family in (
-        ModelFamily(
-            name="mlp",
-            constructor=MLP,
-            description="Multilayer perceptron on flattened inputs (64 = 8x8 digits).",
-            default_input_shape=lambda a: (1, a["in_features"]),
-        ),
-        ModelFamily(
-            name="siren",
-            constructor=SIREN,
-            description="SIREN implicit neural representation (Sitzmann et al. 2020).",
-            default_input_shape=lambda a: (1, a["in_features"]),
-        ),
-        ModelFamily(
-            name="cnn",
-            constructor=SmallCNN,
-            description="Small-CNN-Zoo-style CNN for 8x8 digits (same-padded; see tf_cnn).",
-            default_input_shape=lambda a: (1, a["in_channels"], DIGITS_SIZE, DIGITS_SIZE),
-        ),
-        ModelFamily(
-            name="resnet20",
-            constructor=resnet20,
-            description="CIFAR-style ResNet-20 (He et al. 2016), batch/layer/group/no norm.",
-            default_input_shape=lambda a: (1, a["in_channels"], DIGITS_SIZE, DIGITS_SIZE),
-        ),
-        ModelFamily(
-            name="vgg",
-            constructor=VGG,
-            description="VGG-style network with conv -> linear flatten (Simonyan & Zisserman 2015).",
-            default_input_shape=lambda a: (1, a["in_channels"], a["input_size"], a["input_size"]),
-        ),
-        ModelFamily(
-            name="wildcnn",
-            constructor=WildCNN,
-            description="Mixed plain/residual CNNs of CNN Wild Park (Kofinas et al. 2024).",
-            default_input_shape=lambda a: (1, a["in_channels"], DIGITS_SIZE, DIGITS_SIZE),
-        ),
-        ModelFamily(
-            name="tf_cnn",
-            constructor=TFCNN,
-            description="Keras CNN of the Small CNN Zoo: valid-padded strided convs, GAP, dense.",
-            default_input_shape=lambda a: (1, a["in_channels"], 28, 28),
-        ),
-        ModelFamily(
-            name="inr_siren",
-            constructor=SirenINR,
-            description="SIREN INR with an output offset (DWSNets/NFN INR data sets).",
-            default_input_shape=lambda a: (1, a["in_features"]),
-        ),
-        ModelFamily(
-            name="cnn_park",
-            constructor=ParkCNN,
-            description="CNN Wild Park network with its keys and residuals (Kofinas et al. 2024).",
-            default_input_shape=lambda a: (1, a["channels"][0], 32, 32),
-        ),
-        ModelFamily(
-            name="modelzoo_cnn",
-            constructor=ModelZooCNN,
-            description="CNN / CNN2 / CNN3 of the Model Zoos data set (Schürholt et al. 2022).",
-            default_input_shape=lambda a: (1, a["channels_in"], ZOO_VARIANTS[a["variant"]][0],
-                                           ZOO_VARIANTS[a["variant"]][0]),
-        ),
-    )
-}
+BUILTIN_MODELS: Registry[ModelFamily] = Registry("model family", (
+    ModelFamily(
+        name="mlp",
+        target=MLP,
+        description="Multilayer perceptron on flattened inputs (64 = 8x8 digits).",
+        default_input_shape=lambda a: (1, a["in_features"]),
+    ),
+    ModelFamily(
+        name="siren",
+        target=SIREN,
+        description="SIREN implicit neural representation (Sitzmann et al. 2020).",
+        default_input_shape=lambda a: (1, a["in_features"]),
+    ),
+    ModelFamily(
+        name="cnn",
+        target=SmallCNN,
+        description="Small-CNN-Zoo-style CNN for 8x8 digits (same-padded; see tf_cnn).",
+        default_input_shape=lambda a: (1, a["in_channels"], DIGITS_SIZE, DIGITS_SIZE),
+    ),
+    ModelFamily(
+        name="resnet20",
+        target=resnet20,
+        description="CIFAR-style ResNet-20 (He et al. 2016), batch/layer/group/no norm.",
+        default_input_shape=lambda a: (1, a["in_channels"], DIGITS_SIZE, DIGITS_SIZE),
+    ),
+    ModelFamily(
+        name="vgg",
+        target=VGG,
+        description="VGG-style network with conv -> linear flatten (Simonyan & Zisserman 2015).",
+        default_input_shape=lambda a: (1, a["in_channels"], a["input_size"], a["input_size"]),
+    ),
+    ModelFamily(
+        name="wildcnn",
+        target=WildCNN,
+        description="Mixed plain/residual CNNs of CNN Wild Park (Kofinas et al. 2024).",
+        default_input_shape=lambda a: (1, a["in_channels"], DIGITS_SIZE, DIGITS_SIZE),
+    ),
+    ModelFamily(
+        name="tf_cnn",
+        target=TFCNN,
+        description="Keras CNN of the Small CNN Zoo: valid-padded strided convs, GAP, dense.",
+        default_input_shape=lambda a: (1, a["in_channels"], 28, 28),
+    ),
+    ModelFamily(
+        name="inr_siren",
+        target=SirenINR,
+        description="SIREN INR with an output offset (DWSNets/NFN INR data sets).",
+        default_input_shape=lambda a: (1, a["in_features"]),
+    ),
+    ModelFamily(
+        name="cnn_park",
+        target=ParkCNN,
+        description="CNN Wild Park network with its keys and residuals (Kofinas et al. 2024).",
+        default_input_shape=lambda a: (1, a["channels"][0], 32, 32),
+    ),
+    ModelFamily(
+        name="modelzoo_cnn",
+        target=ModelZooCNN,
+        description="CNN / CNN2 / CNN3 of the Model Zoos data set (Schürholt et al. 2022).",
+        default_input_shape=lambda a: (1, a["channels_in"], ZOO_VARIANTS[a["variant"]][0],
+                                       ZOO_VARIANTS[a["variant"]][0]),
+    ),
+), parameter="model")
 """Built-in model families by short name."""
 
 
@@ -149,14 +153,14 @@ def get_family(name: str) -> ModelFamily:
     """Return the :class:`ModelFamily` called ``name``.
 
     Raises:
-        ValueError: unknown name; the message lists the built-in names.
+        WeightspaceError: unknown name; the message lists the built-in names.
     """
-    try:
-        return BUILTIN_MODELS[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"Unknown model family {name!r}. Built-in families are: {', '.join(BUILTIN_MODELS)}."
-        ) from None
+    if name not in BUILTIN_MODELS:
+        # keeps the wording users and tests know ("Unknown model family …
+        # Built-in families are: …"), still an UnknownNameError like the registry's
+        raise UnknownNameError(f"Unknown model family {name!r}. Built-in families are: "
+                               f"{', '.join(BUILTIN_MODELS)}.", parameter="model")
+    return BUILTIN_MODELS.get(name)
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
@@ -167,8 +171,8 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
         model = build_model("resnet20", width=2, norm="layer")
 
     Raises:
-        ValueError: unknown family name, or an argument the family does not
-            accept (the message lists the accepted arguments).
+        WeightspaceError: unknown family name, or an argument the family does
+            not accept (the message lists the accepted arguments).
     """
     family = get_family(name)
     # Check the arguments against the signature first, so that a TypeError
@@ -184,7 +188,7 @@ def default_input_shape(name: str, **kwargs: Any) -> tuple[int, ...]:
     ``input_size``); ``mlp`` and ``siren`` use ``(1, in_features)``.
 
     Raises:
-        ValueError: as :func:`build_model`.
+        WeightspaceError: as :func:`build_model`.
     """
     family = get_family(name)
     return tuple(family.default_input_shape(family.resolve_arguments(kwargs)))

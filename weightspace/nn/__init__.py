@@ -20,14 +20,16 @@ from weightspace.nn.base import (
 from weightspace.nn.deepsets import EdgeDeepSets
 from weightspace.nn.dwsnet import DWSLayer, DWSNet
 from weightspace.nn.encoders import EdgeEncoder, FourierFeatures, GraphDecoder, NodeEncoder
+from weightspace.nn.features import WeightSpaceFeatures
 from weightspace.nn.flat_mlp import FlatMLP
 from weightspace.nn.gmn import GMN, GMNConv
-from weightspace.nn.nfn import NFN, HNPLinear, NFNPool, NPLinear, WeightSpaceFeatures
+from weightspace.nn.nfn import NFN, HNPLinear, NFNPool, NPLinear
 from weightspace.nn.probes import ProbeFeatures, with_probe_features
 from weightspace.nn.registry import (
     METANETWORKS,
+    Metanetwork,
     build_metanetwork,
-    count_parameters,
+    count_trainable_parameters,
     is_graph_model,
     metanetwork_class,
 )
@@ -49,6 +51,7 @@ __all__ = [
     "HEADS",
     "HNPLinear",
     "METANETWORKS",
+    "Metanetwork",
     "NFN",
     "NFNPool",
     "NPLinear",
@@ -58,7 +61,7 @@ __all__ = [
     "WeightSpaceFeatures",
     "as_parameters",
     "build_metanetwork",
-    "count_parameters",
+    "count_trainable_parameters",
     "flat_parameters",
     "graph_batch",
     "is_graph_model",

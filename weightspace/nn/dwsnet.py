@@ -55,7 +55,10 @@ batch; the only Python loops are over the tensors.
 
 Feature layout
 --------------
-Every parameter tensor is carried as ``[B, *hidden axes, F]`` with the hidden
+The features of a layer are a
+:class:`~weightspace.nn.features.WeightSpaceFeatures` (the container NFN uses
+too): one tensor per weight and per bias, iterated ``W_1, b_1, …, W_M, b_M``.
+Every tensor is carried as ``[B, *hidden axes, F]`` with the hidden
 axes in the parameter's own axis order and ``F = (product of the fixed axes'
 sizes) * C`` (fixed axes first, channel last, row-major). For the usual
 ``d_0 -> … -> d_M`` MLP with torch's ``[out, in]`` weights:
@@ -75,19 +78,20 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
+from weightspace.errors import WeightspaceError
 from weightspace.graph import GraphTemplate
 from weightspace.nn.base import (
     FlatMetanetwork,
     check_head,
     flat_parameters,
 )
+from weightspace.nn.features import WeightSpaceFeatures
 from weightspace.nn.flat_mlp import make_mlp
 from weightspace.spec import WeightSpaceSpec
 
@@ -96,9 +100,16 @@ _SUPPORTED = ("DWSNet supports plain MLPs only: a chain of linear layers (op 'li
               "residual connections")
 
 
+def _unsupported(detail: str) -> WeightspaceError:
+    """The error for a spec that is not a plain MLP, ``detail`` naming the
+    layer or parameter at fault."""
+    return WeightspaceError(f"{_SUPPORTED}; {detail}", parameter="spec")
+
+
 @dataclass(frozen=True)
-class WeightSpaceTensor:
-    """One tensor of the MLP's weight space (a weight or bias entry).
+class MLPTensor:
+    """One tensor of the MLP's weight space (a weight or bias entry) and how
+    its axes split into hidden (permutable) and fixed ones.
 
     Args:
         name: the state-dict key (for a missing bias, the would-be key
@@ -137,24 +148,24 @@ class MLPWeightSpace:
     """The weight space of an MLP read from its spec: the chain of layers and
     the tensors ``W_1, b_1, …, W_M, b_M`` with their neuron spaces.
 
-    Build it with :meth:`from_spec`, which raises :class:`ValueError` for
+    Build it with :meth:`from_spec`, which raises :class:`WeightspaceError` for
     anything that is not a plain MLP.
 
     Args:
         spec: the traced architecture.
         layers: the weight layers' names, input to output.
         tensors: ``W_1, b_1, W_2, b_2, …`` (a bias entry even for layers
-            without one, see :class:`WeightSpaceTensor`).
+            without one, see :class:`MLPTensor`).
     """
 
     spec: WeightSpaceSpec
     layers: tuple[str, ...]
-    tensors: tuple[WeightSpaceTensor, ...]
+    tensors: tuple[MLPTensor, ...]
 
     @classmethod
     def from_spec(cls, spec: WeightSpaceSpec) -> MLPWeightSpace:
         layers = _chain(spec)
-        tensors: list[WeightSpaceTensor] = []
+        tensors: list[MLPTensor] = []
         for name in layers:
             layer = spec.layer(name)
             source = spec.layer(layer.inputs[0].source)
@@ -163,28 +174,28 @@ class MLPWeightSpace:
             if (weight.role != "weight" or len(weight.axes) != 2
                     or any(a is None or a.block != 1 for a in weight.axes)
                     or tuple(a.space for a in weight.axes) != expected):
-                raise ValueError(f"{_SUPPORTED}; the weight {weight.name!r} of layer {name!r} is not an "
-                                 f"[out, in] matrix between spaces {list(expected)} "
-                                 f"(axes {list(weight.axes)})")
+                raise _unsupported(f"the weight {weight.name!r} of layer {name!r} is not an "
+                                   f"[out, in] matrix between spaces {list(expected)} "
+                                   f"(axes {list(weight.axes)})")
             tensors.append(_tensor(spec, weight.name, weight.name, weight.shape, expected))
             biases = [p for p in spec.parameters if p.layer == name and p.role == "bias"]
             if len(biases) > 1:
-                raise ValueError(f"{_SUPPORTED}; layer {name!r} has several biases "
-                                 f"{[p.name for p in biases]}")
+                raise _unsupported(f"layer {name!r} has several biases "
+                                   f"{[p.name for p in biases]}")
             if biases:
                 bias = biases[0]
                 if len(bias.axes) != 1 or bias.axes[0] is None or bias.axes[0].space != layer.space \
                         or bias.axes[0].block != 1:
-                    raise ValueError(f"{_SUPPORTED}; the bias {bias.name!r} of layer {name!r} is not a "
-                                     f"vector over space {layer.space!r}")
+                    raise _unsupported(f"the bias {bias.name!r} of layer {name!r} is not a "
+                                       f"vector over space {layer.space!r}")
                 tensors.append(_tensor(spec, bias.name, bias.name, bias.shape, (layer.space,)))
             else:
                 tensors.append(_tensor(spec, f"{name}.bias", None, (layer.size,), (layer.space,)))
         used = {t.parameter for t in tensors}
         for p in spec.parameters:
             if p.name not in used:
-                raise ValueError(f"{_SUPPORTED}; parameter {p.name!r} (role {p.role!r}, layer "
-                                 f"{p.layer or '-'!r}) is neither a linear weight nor a bias of the chain")
+                raise _unsupported(f"parameter {p.name!r} (role {p.role!r}, layer "
+                                   f"{p.layer or '-'!r}) is neither a linear weight nor a bias of the chain")
         return cls(spec, layers, tuple(tensors))
 
     @property
@@ -192,7 +203,7 @@ class MLPWeightSpace:
         """M, the number of weight layers."""
         return len(self.layers)
 
-    def to_features(self, params: Tensor) -> list[Tensor]:
+    def to_features(self, params: Tensor) -> WeightSpaceFeatures:
         """Flat parameters to the one-channel feature layout (module docstring);
         a missing bias gives zeros.
 
@@ -206,7 +217,7 @@ class MLPWeightSpace:
                 else params.new_zeros(b, *t.shape, 1) for t in self.tensors}
         return self.entries_to_features(full)
 
-    def entries_to_features(self, entries: dict[str, Tensor]) -> list[Tensor]:
+    def entries_to_features(self, entries: dict[str, Tensor]) -> WeightSpaceFeatures:
         """``{name: [B, *shape, C]}`` (every tensor, missing biases included)
         to the feature layout ``[B, *hidden sizes, fixed_size * C]``."""
         out = []
@@ -214,9 +225,10 @@ class MLPWeightSpace:
             x = entries[t.name]
             x = x.permute(0, *(1 + a for a in t.hidden), *(1 + a for a in t.fixed), x.dim() - 1)
             out.append(x.reshape(x.shape[0], *t.hidden_sizes, -1))
-        return out
+        # self.tensors alternates weight and bias, layer by layer
+        return WeightSpaceFeatures.from_layers(out)
 
-    def from_features(self, features: Sequence[Tensor]) -> dict[str, Tensor]:
+    def from_features(self, features: WeightSpaceFeatures) -> dict[str, Tensor]:
         """Inverse of :meth:`entries_to_features`: ``{name: [B, *shape, C]}``."""
         out = {}
         for t, x in zip(self.tensors, features, strict=True):
@@ -228,7 +240,7 @@ class MLPWeightSpace:
             out[t.name] = x.permute(0, *inverse, x.dim() - 1)
         return out
 
-    def to_parameters(self, features: Sequence[Tensor]) -> Tensor:
+    def to_parameters(self, features: WeightSpaceFeatures) -> Tensor:
         """One-channel features to flat ``[B, P]`` parameters (missing biases dropped)."""
         entries = self.from_features(features)
         return self.spec.join_parameters({t.parameter: entries[t.name].squeeze(-1)
@@ -236,30 +248,30 @@ class MLPWeightSpace:
 
 
 def _tensor(spec: WeightSpaceSpec, name: str, parameter: str | None, shape: tuple[int, ...],
-            spaces: tuple[str, ...]) -> WeightSpaceTensor:
+            spaces: tuple[str, ...]) -> MLPTensor:
     hidden = tuple(a for a, s in enumerate(spaces) if spec.space(s).permutable)
     fixed = tuple(a for a, s in enumerate(spaces) if not spec.space(s).permutable)
-    return WeightSpaceTensor(name, parameter, tuple(shape), tuple(spaces), hidden, fixed)
+    return MLPTensor(name, parameter, tuple(shape), tuple(spaces), hidden, fixed)
 
 
 def _chain(spec: WeightSpaceSpec) -> tuple[str, ...]:
-    """The weight layers of an MLP, input to output, or a ValueError naming
+    """The weight layers of an MLP, input to output, or a WeightspaceError naming
     the first layer that breaks the chain."""
     inputs = spec.input_layers
     if len(inputs) != 1:
-        raise ValueError(f"{_SUPPORTED}; the spec has {len(inputs)} input layers "
-                         f"{[layer.name for layer in inputs]}")
+        raise _unsupported(f"the spec has {len(inputs)} input layers "
+                           f"{[layer.name for layer in inputs]}")
     for layer in spec.layers:
         if layer.role == "input":
             continue
         if layer.op != "linear":
-            raise ValueError(f"{_SUPPORTED}; layer {layer.name!r} is a {layer.op!r} layer")
+            raise _unsupported(f"layer {layer.name!r} is a {layer.op!r} layer")
         if layer.norm != "none":
-            raise ValueError(f"{_SUPPORTED}; layer {layer.name!r} carries a {layer.norm!r} normalisation")
+            raise _unsupported(f"layer {layer.name!r} carries a {layer.norm!r} normalisation")
         kinds = [i.kind for i in layer.inputs]
         if kinds != ["weight"]:
-            raise ValueError(f"{_SUPPORTED}; layer {layer.name!r} has inputs {kinds} "
-                             f"(a residual connection?) instead of one weight")
+            raise _unsupported(f"layer {layer.name!r} has inputs {kinds} "
+                               f"(a residual connection?) instead of one weight")
     consumers: dict[str, list[str]] = {layer.name: [] for layer in spec.layers}
     for layer in spec.layers:
         for i in layer.inputs:
@@ -269,21 +281,21 @@ def _chain(spec: WeightSpaceSpec) -> tuple[str, ...]:
     seen_spaces = {inputs[0].space}
     while consumers[current]:
         if len(consumers[current]) > 1:
-            raise ValueError(f"{_SUPPORTED}; layer {current!r} feeds several layers {consumers[current]}")
+            raise _unsupported(f"layer {current!r} feeds several layers {consumers[current]}")
         current = consumers[current][0]
         layer = spec.layer(current)
         if layer.space in seen_spaces:
-            raise ValueError(f"{_SUPPORTED}; layer {current!r} shares its neuron space {layer.space!r} "
-                             "with an earlier layer (a residual stream?)")
+            raise _unsupported(f"layer {current!r} shares its neuron space {layer.space!r} "
+                               "with an earlier layer (a residual stream?)")
         seen_spaces.add(layer.space)
         chain.append(current)
     if len(chain) != len(spec.layers) - 1:
         missing = [layer.name for layer in spec.layers[1:] if layer.name not in chain]
-        raise ValueError(f"{_SUPPORTED}; layers {missing} are not on the chain from the input")
+        raise _unsupported(f"layers {missing} are not on the chain from the input")
     if not chain:
-        raise ValueError(f"{_SUPPORTED}; the spec has no linear layer")
+        raise _unsupported("the spec has no linear layer")
     if spec.layer(chain[-1]).role != "output":
-        raise ValueError(f"{_SUPPORTED}; the last layer {chain[-1]!r} is not the network's output")
+        raise _unsupported(f"the last layer {chain[-1]!r} is not the network's output")
     return tuple(chain)
 
 
@@ -298,8 +310,9 @@ class DWSLayer(nn.Module):
         out_channels: ``C_out``.
 
     Shapes:
-        - input: one ``[B, *hidden sizes, fixed_size * C_in]`` per tensor of
-          ``space`` (the layout of :meth:`MLPWeightSpace.to_features`)
+        - input: :class:`WeightSpaceFeatures` with one
+          ``[B, *hidden sizes, fixed_size * C_in]`` per tensor of ``space``
+          (the layout of :meth:`MLPWeightSpace.to_features`)
         - output: the same with ``C_out``
     """
 
@@ -324,10 +337,13 @@ class DWSLayer(nn.Module):
                     terms.append((kept, sources))
             self._plan.append(terms)
 
-    def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
+    def forward(self, features: WeightSpaceFeatures) -> WeightSpaceFeatures:
         tensors = self.space.tensors
+        features = list(features)  # W_1, b_1, W_2 ... like self.space.tensors
         if len(features) != len(tensors):
-            raise ValueError(f"expected {len(tensors)} feature tensors, got {len(features)}")
+            raise WeightspaceError(f"expected {len(tensors)} feature tensors (a weight and a bias "
+                                   f"for each of {self.space.num_layers} layers), got "
+                                   f"{len(features)}", parameter="features")
         pooled: dict[tuple[int, tuple[str, ...]], Tensor] = {}
 
         def pool(n: int, kept: tuple[str, ...]) -> Tensor:
@@ -360,7 +376,7 @@ class DWSLayer(nn.Module):
                 term = term.reshape(*view, term.shape[-1])
                 total = term if total is None else total + term
             out.append(total.expand(total.shape[0], *y.hidden_sizes, total.shape[-1]))
-        return out
+        return WeightSpaceFeatures.from_layers(out)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, tensors={len(self.space.tensors)}"
@@ -389,7 +405,7 @@ class DWSNet(FlatMetanetwork):
     Args:
         template: the input MLP's template (only its spec is read). Anything
             other than a chain of linear layers (conv, norms, residual
-            connections) raises :class:`ValueError` naming the layer.
+            connections) raises :class:`WeightspaceError` naming the layer.
         out_dim: width of the invariant head's output.
         hidden_channels: channels of the hidden DWS layers.
         num_layers: number of DWS layers (at least 1).
@@ -416,11 +432,13 @@ class DWSNet(FlatMetanetwork):
         super().__init__(template)
         self.head = check_head(head, model="DWSNet")
         if num_layers < 1:
-            raise ValueError(f"num_layers must be at least 1, got {num_layers}")
+            raise WeightspaceError(f"num_layers must be at least 1, got {num_layers}",
+                                   parameter="num_layers")
         if hidden_channels < 1:
-            raise ValueError(f"hidden_channels must be at least 1, got {hidden_channels}")
+            raise WeightspaceError(f"hidden_channels must be at least 1, got {hidden_channels}",
+                                   parameter="hidden_channels")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+            raise WeightspaceError(f"dropout must be in [0, 1), got {dropout}", parameter="dropout")
         self.weight_space = MLPWeightSpace.from_spec(self.spec)
         widths = [1] + [hidden_channels] * num_layers
         if head == "equivariant":
@@ -439,11 +457,13 @@ class DWSNet(FlatMetanetwork):
             pooled = sum(t.fixed_size for t in self.weight_space.tensors) * hidden_channels
             self.readout = make_mlp(pooled, max(pooled, hidden_channels), out_dim, 2, dropout)
 
-    def features(self, inputs: Tensor | Data) -> list[Tensor]:
+    def features(self, inputs: Tensor | Data) -> WeightSpaceFeatures:
         """The standardised one-channel input features (:class:`MLPWeightSpace` layout)."""
-        feats = self.weight_space.to_features(self.parameters_of(inputs))
-        return [(x - m) / s for x, m, s in zip(feats, self.entry_mean.to(feats[0].dtype),
-                                               self.entry_std.to(feats[0].dtype), strict=True)]
+        feats = list(self.weight_space.to_features(self.parameters_of(inputs)))
+        dtype = feats[0].dtype
+        return WeightSpaceFeatures.from_layers(
+            [(x - m) / s for x, m, s in zip(feats, self.entry_mean.to(dtype),
+                                            self.entry_std.to(dtype), strict=True)])
 
     @torch.no_grad()
     def fit_normalisation(self, params_or_batch: Tensor | Data, eps: float = 1e-8) -> DWSNet:
@@ -466,16 +486,17 @@ class DWSNet(FlatMetanetwork):
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1:
-                x = [self.dropout(torch.relu(t)) for t in x]
+                x = x.map(lambda t: self.dropout(torch.relu(t)))
         if self.head == "equivariant":
             if not self.residual:
                 return self.weight_space.to_parameters(x)
-            std = self.entry_std.to(x[0].dtype)
-            change = self.weight_space.to_parameters([t * std[i] for i, t in enumerate(x)])
+            std = self.entry_std.to(x.weights[0].dtype)
+            change = self.weight_space.to_parameters(
+                WeightSpaceFeatures.from_layers([t * std[i] for i, t in enumerate(x)]))
             return self.parameters_of(inputs).to(change.dtype) + change
         x = [torch.relu(t) for t in x]
         pooled = [t.mean(dim=tuple(range(1, t.dim() - 1))) if t.dim() > 2 else t for t in x]
         return self.readout(torch.cat(pooled, dim=-1))
 
 
-__all__ = ["DWSLayer", "DWSNet", "MLPWeightSpace", "WeightSpaceTensor"]
+__all__ = ["DWSLayer", "DWSNet", "MLPTensor", "MLPWeightSpace"]

@@ -12,10 +12,11 @@ with ``C`` channels are, for every layer ``i``,
 * ``weights[i]``: ``[B, C, n_{i+1}, n_i, *kernel_i]``
 * ``biases[i]``: ``[B, C, n_{i+1}]``
 
-(:class:`WeightSpaceFeatures`; a network's own parameters are the features
-with ``C = 1``). Kernel axes are never permuted, so every layer of this module
-carries them as extra channels, as NFN does: a 3x3 conv weight has ``9 C``
-channels per (out, in) pair.
+(:class:`~weightspace.nn.features.WeightSpaceFeatures`, the container DWSNet
+uses too; a network's own parameters are the features with ``C = 1``). Kernel
+axes are never permuted, so every layer of this module carries them as extra
+channels, as NFN does: a 3x3 conv weight has ``9 C`` channels per (out, in)
+pair.
 
 **Which neurons are permutable.** The *HNP* layers (hidden neuron
 permutation) treat only hidden neurons as exchangeable; the input and output
@@ -46,7 +47,8 @@ axis is ``Axis(space, block=H*W)`` in the spec) is supported: the ``H*W``
 positions each channel owns become the "kernel" of that edge, i.e. extra
 channels like a conv kernel, because a permutation moves them together. Norm
 layers, residual connections, depthwise convolutions and any branching raise
-a :class:`ValueError` naming the layer (use a graph metanetwork for those).
+a :class:`~weightspace.errors.WeightspaceError` naming the layer (use a graph
+metanetwork for those).
 Layers without a bias get an all-zero bias feature (the invariant head sees
 zeros; the equivariant head drops it again).
 
@@ -58,23 +60,24 @@ reference implementation); for wide inputs (e.g. 784 pixels) prefer NP.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import combinations
-from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch_geometric.data import Data
 
+from weightspace.errors import WeightspaceError
 from weightspace.graph import GraphTemplate
 from weightspace.nn.base import (
     FlatMetanetwork,
     check_head,
     flat_parameters,
 )
+from weightspace.nn.features import WeightSpaceFeatures
 from weightspace.spec import WeightSpaceSpec
 
 MODES = ("hnp", "np")
@@ -110,7 +113,7 @@ class LayerChain:
     """The weight layers of a plain feed-forward network, in order, read from
     a :class:`~weightspace.WeightSpaceSpec`.
 
-    Build it with :meth:`from_spec`, which raises a :class:`ValueError` naming
+    Build it with :meth:`from_spec`, which raises a :class:`WeightspaceError` naming
     the first layer or parameter that is not part of a simple chain.
 
     Attributes:
@@ -131,8 +134,8 @@ class LayerChain:
     def from_spec(cls, spec: WeightSpaceSpec) -> LayerChain:
         inputs = spec.input_layers
         if len(inputs) != 1:
-            raise ValueError(f"NFN needs a network with one input, this one has {len(inputs)} "
-                             f"({[layer.name for layer in inputs]})")
+            raise WeightspaceError(f"NFN needs a network with one input, this one has {len(inputs)} "
+                                   f"({[layer.name for layer in inputs]})", parameter="spec")
         previous = inputs[0]
         chain_layers: list = []
         # structure first (residuals, branches, norm layers of their own), so that a ResNet is
@@ -143,48 +146,55 @@ class LayerChain:
             where = f"layer {layer.name!r} ({layer.op})"
             kinds = [i.kind for i in layer.inputs]
             if "residual" in kinds:
-                raise ValueError(f"NFN supports plain chains of linear/conv layers; {where} has a "
-                                 f"residual connection. Use a graph metanetwork (e.g. GMN) for "
-                                 f"residual networks.")
+                raise WeightspaceError(f"NFN supports plain chains of linear/conv layers; {where} has a "
+                                       f"residual connection. Use a graph metanetwork (e.g. GMN) for "
+                                       f"residual networks.", parameter="spec")
             if "norm" in kinds or layer.op not in _WEIGHT_OPS:
-                raise ValueError(f"NFN supports plain chains of linear/conv layers without "
-                                 f"normalisation; {where} is not a linear or conv layer "
-                                 f"(inputs: {kinds}). Use a graph metanetwork for this architecture.")
+                raise WeightspaceError(f"NFN supports plain chains of linear/conv layers without "
+                                       f"normalisation; {where} is not a linear or conv layer "
+                                       f"(inputs: {kinds}). Use a graph metanetwork for this architecture.",
+                                       parameter="spec")
             if kinds != ["weight"]:
-                raise ValueError(f"NFN supports plain chains of linear/conv layers; {where} has "
-                                 f"inputs {kinds} instead of one weight input")
+                raise WeightspaceError(f"NFN supports plain chains of linear/conv layers; {where} has "
+                                       f"inputs {kinds} instead of one weight input",
+                                       parameter="spec")
             source = layer.inputs[0].source
             if source != previous.name:
-                raise ValueError(f"NFN supports plain chains of linear/conv layers; {where} reads "
-                                 f"{source!r} instead of the previous layer {previous.name!r} "
-                                 f"(branching networks are not supported)")
+                raise WeightspaceError(f"NFN supports plain chains of linear/conv layers; {where} reads "
+                                       f"{source!r} instead of the previous layer {previous.name!r} "
+                                       f"(branching networks are not supported)", parameter="spec")
             chain_layers.append((layer, previous))
             previous = layer
         if not chain_layers:
-            raise ValueError("NFN needs at least one linear or conv layer; the spec has none")
+            raise WeightspaceError("NFN needs at least one linear or conv layer; the spec has none",
+                                   parameter="spec")
 
         spaces = [spec.space(chain_layers[0][1].space)] + [spec.space(lay.space) for lay, _ in chain_layers]
         if len({s.name for s in spaces}) != len(spaces):
-            raise ValueError("NFN needs every layer of the chain to produce its own neuron space; "
-                             "tied spaces (residual streams) are not supported")
+            raise WeightspaceError("NFN needs every layer of the chain to produce its own neuron space; "
+                                   "tied spaces (residual streams) are not supported",
+                                   parameter="spec")
         if chain_layers[-1][0].role != "output":
-            raise ValueError(f"NFN needs the last layer of the chain to be the network's output; "
-                             f"{chain_layers[-1][0].name!r} is {chain_layers[-1][0].role}")
+            raise WeightspaceError(f"NFN needs the last layer of the chain to be the network's output; "
+                                   f"{chain_layers[-1][0].name!r} is {chain_layers[-1][0].role}",
+                                   parameter="spec")
 
         biases: dict[str, str] = {}
         used: set[str] = set()
         for p in spec.parameters:
             if p.role == "bias":
                 if p.layer in biases:
-                    raise ValueError(f"layer {p.layer!r} has two biases ({biases[p.layer]!r} and "
-                                     f"{p.name!r}); NFN expects at most one")
+                    raise WeightspaceError(f"layer {p.layer!r} has two biases ({biases[p.layer]!r} and "
+                                           f"{p.name!r}); NFN expects at most one",
+                                           parameter="spec")
                 biases[p.layer] = p.name
             elif p.role != "weight":
                 owner = spec.layer(p.layer) if p.layer in {lay.name for lay in spec.layers} else None
                 norm = f" (a {owner.norm} norm)" if owner is not None and owner.norm != "none" else ""
-                raise ValueError(f"NFN supports only weights and biases of linear/conv layers; "
-                                 f"parameter {p.name!r} of layer {p.layer!r}{norm} has role "
-                                 f"{p.role!r} (norm layers and extra buffers are not supported)")
+                raise WeightspaceError(f"NFN supports only weights and biases of linear/conv layers; "
+                                       f"parameter {p.name!r} of layer {p.layer!r}{norm} has role "
+                                       f"{p.role!r} (norm layers and extra buffers are not supported)",
+                                       parameter="spec")
 
         out: list[ChainLayer] = []
         for layer, source in chain_layers:
@@ -193,23 +203,25 @@ class LayerChain:
             if (out_axis is None or out_axis.space != layer.space or out_axis.block != 1
                     or in_axis is None or in_axis.space != source.space
                     or any(a is not None for a in kernel_axes)):
-                raise ValueError(f"weight {weight.name!r} of layer {layer.name!r} does not have the "
-                                 f"[out, in, *kernel] layout NFN expects (axes {weight.axes})")
+                raise WeightspaceError(f"weight {weight.name!r} of layer {layer.name!r} does not have the "
+                                       f"[out, in, *kernel] layout NFN expects (axes {weight.axes})",
+                                       parameter="spec")
             kernel = ((in_axis.block,) if in_axis.block > 1 else ()) + tuple(weight.shape[2:])
             bias = biases.get(layer.name)
             if bias is not None:
                 b = spec.parameter(bias)
                 if b.axes != (out_axis,):
-                    raise ValueError(f"bias {bias!r} of layer {layer.name!r} does not index the "
-                                     f"layer's neurons (axes {b.axes})")
+                    raise WeightspaceError(f"bias {bias!r} of layer {layer.name!r} does not index the "
+                                           f"layer's neurons (axes {b.axes})", parameter="spec")
                 used.add(bias)
             used.add(weight.name)
             out.append(ChainLayer(layer.name, weight.name, bias, spec.space(layer.space).size,
                                   spec.space(source.space).size, kernel))
         unused = [p.name for p in spec.parameters if p.name not in used]
         if unused:
-            raise ValueError(f"parameter {unused[0]!r} is not a weight or bias of the layer chain "
-                             f"(layer {spec.parameter(unused[0]).layer!r}); NFN cannot place it")
+            raise WeightspaceError(f"parameter {unused[0]!r} is not a weight or bias of the layer chain "
+                                   f"(layer {spec.parameter(unused[0]).layer!r}); NFN cannot place it",
+                                   parameter="spec")
         return cls(spec, tuple(out), tuple(s.name for s in spaces), tuple(s.size for s in spaces))
 
     # ------------------------------------------------------------- flat <-> features
@@ -230,35 +242,14 @@ class LayerChain:
     def flat_parameters(self, features: WeightSpaceFeatures) -> Tensor:
         """Inverse of :meth:`features` for one-channel features: ``[B, P]``."""
         if features.weights[0].shape[1] != 1:
-            raise ValueError(f"only one-channel features are parameters; these have "
-                             f"{features.weights[0].shape[1]} channels")
+            raise WeightspaceError(f"only one-channel features are parameters; these have "
+                                   f"{features.weights[0].shape[1]} channels", parameter="features")
         tensors = {}
         for layer, w, b in zip(self.layers, features.weights, features.biases, strict=True):
             tensors[layer.weight] = w.reshape(w.shape[0], *self.spec.parameter(layer.weight).shape)
             if layer.bias is not None:
                 tensors[layer.bias] = b[:, 0]
         return self.spec.join_parameters(tensors)
-
-
-class WeightSpaceFeatures(NamedTuple):
-    """Features on a :class:`LayerChain`'s weights and biases.
-
-    Shapes:
-        - ``weights[i]``: ``[B, C, n_{i+1}, n_i, *kernel_i]``
-        - ``biases[i]``: ``[B, C, n_{i+1}]``
-    """
-
-    weights: tuple[Tensor, ...]
-    biases: tuple[Tensor, ...]
-
-    def map(self, fn) -> WeightSpaceFeatures:
-        """Apply ``fn`` to every tensor."""
-        return WeightSpaceFeatures(tuple(fn(w) for w in self.weights), tuple(fn(b) for b in self.biases))
-
-    def pieces(self) -> Iterator[Tensor]:
-        """Weights then biases, in the order of :class:`_Layout`'s pieces."""
-        yield from self.weights
-        yield from self.biases
 
 
 # --------------------------------------------------------------------------- symmetry layout
@@ -326,7 +317,8 @@ def _layout(chain: LayerChain, mode: str) -> tuple[_Piece, ...]:
     """Weights then biases of ``chain`` with the spaces ``mode`` permutes
     (NP: all ``0..L``; HNP: the hidden ones ``1..L-1``)."""
     if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not supported; choose one of {list(MODES)}")
+        raise WeightspaceError(f"mode={mode!r} is not supported; choose one of {list(MODES)}",
+                               parameter="mode")
     depth = len(chain)
     permutable = set(range(depth + 1)) if mode == "np" else set(range(1, depth))
     pieces = []
@@ -343,14 +335,14 @@ def _layout(chain: LayerChain, mode: str) -> tuple[_Piece, ...]:
 def _to_internal(pieces: Sequence[_Piece], features: WeightSpaceFeatures) -> list[Tensor]:
     tensors = list(features.pieces())
     if len(tensors) != len(pieces):
-        raise ValueError(f"expected features of {len(pieces) // 2} layers, got {len(tensors) // 2}")
+        raise WeightspaceError(f"expected features of {len(pieces) // 2} layers, got {len(tensors) // 2}",
+                               parameter="features")
     return [p.to_internal(t) for p, t in zip(pieces, tensors, strict=True)]
 
 
 def _from_internal(pieces: Sequence[_Piece], tensors: Sequence[Tensor]) -> WeightSpaceFeatures:
-    out = [p.from_internal(t) for p, t in zip(pieces, tensors, strict=True)]
-    half = len(out) // 2
-    return WeightSpaceFeatures(tuple(out[:half]), tuple(out[half:]))
+    return WeightSpaceFeatures.from_pieces(
+        [p.from_internal(t) for p, t in zip(pieces, tensors, strict=True)])
 
 
 def _pool_to(piece: _Piece, x: Tensor, kept: tuple[int, ...]) -> Tensor:
@@ -371,7 +363,8 @@ class _EquivariantLinear(nn.Module):
     def __init__(self, chain: LayerChain, in_channels: int, out_channels: int) -> None:
         super().__init__()
         if in_channels < 1 or out_channels < 1:
-            raise ValueError(f"channels must be positive, got {in_channels} -> {out_channels}")
+            raise WeightspaceError(f"channels must be positive, got {in_channels} -> {out_channels}",
+                                   parameter="in_channels" if in_channels < 1 else "out_channels")
         self.chain = chain
         self.in_channels, self.out_channels = in_channels, out_channels
         self.pieces = _layout(chain, self.mode)
@@ -526,7 +519,8 @@ class NFNPool(nn.Module):
     def __init__(self, chain: LayerChain, channels: int, mode: str = "hnp", agg: str = "mean") -> None:
         super().__init__()
         if agg not in POOLINGS:
-            raise ValueError(f"agg={agg!r} is not supported; choose one of {list(POOLINGS)}")
+            raise WeightspaceError(f"agg={agg!r} is not supported; choose one of {list(POOLINGS)}",
+                                   parameter="agg")
         self.pieces = _layout(chain, mode)
         self.channels, self.mode, self.agg = channels, mode, agg
         self.out_features = channels * sum(p.fold for p in self.pieces)
@@ -597,7 +591,7 @@ class NFN(FlatMetanetwork):
             (starting at zero), not new parameters.
 
     Raises:
-        ValueError: the architecture is not a plain chain of linear/conv
+        WeightspaceError: the architecture is not a plain chain of linear/conv
             layers (residual connections, norm layers, branches), naming the
             layer; or an unknown mode/head/pool.
 
@@ -620,9 +614,11 @@ class NFN(FlatMetanetwork):
         super().__init__(template)
         self.head = check_head(head, model="NFN")
         if mode not in MODES:
-            raise ValueError(f"mode={mode!r} is not supported; choose one of {list(MODES)}")
+            raise WeightspaceError(f"mode={mode!r} is not supported; choose one of {list(MODES)}",
+                                   parameter="mode")
         if num_layers < 1:
-            raise ValueError(f"NFN needs num_layers >= 1, got {num_layers}")
+            raise WeightspaceError(f"NFN needs num_layers >= 1, got {num_layers}",
+                                   parameter="num_layers")
         self.mode = mode
         self.chain = LayerChain.from_spec(self.spec)
         linear = HNPLinear if mode == "hnp" else NPLinear
@@ -684,5 +680,4 @@ class NFN(FlatMetanetwork):
         return out + self.input_shift
 
 
-__all__ = ["ChainLayer", "Elementwise", "HNPLinear", "LayerChain", "NFN", "NFNPool", "NPLinear",
-           "WeightSpaceFeatures"]
+__all__ = ["ChainLayer", "Elementwise", "HNPLinear", "LayerChain", "NFN", "NFNPool", "NPLinear"]

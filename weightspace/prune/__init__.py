@@ -1,11 +1,15 @@
 """Pruning modulo the spec: unstructured magnitude masks, structured removal
 of neurons from every parameter that touches them, lottery tickets and
-metanetwork-guided pruning."""
+metanetwork-guided pruning.
+
+Everything here takes state dicts, modules and specs; pruning a checkpoint
+file (load, check, measure, fine-tune, save) is a job:
+:func:`weightspace.jobs.prune_checkpoint`."""
 
 from weightspace.prune.cost import (
     ModelCost,
     count_macs,
-    count_parameters,
+    count_spec_parameters,
     measure_latency,
     model_cost,
 )
@@ -18,16 +22,16 @@ from weightspace.prune.magnitude import (
     prunable_parameters,
     sparsity,
 )
-from weightspace.prune.pipeline import PRUNE_METHODS, PruneOutcome, prune_checkpoint, prune_model
 from weightspace.prune.structured import (
     IMPORTANCE_METHODS,
+    ImportanceCriterion,
     PruneError,
     group_norms,
     group_sums,
     load_pruned,
     neuron_importance,
+    prunable_spaces,
     prune_state_dict,
-    pruneable_spaces,
     pruned_metadata,
     pruned_sizes,
     resize_model,
@@ -40,23 +44,20 @@ from weightspace.prune.structured import (
 
 __all__ = [
     "IMPORTANCE_METHODS",
+    "ImportanceCriterion",
     "LotteryResult",
     "LotteryRound",
     "MaskHandle",
-    "PRUNE_METHODS",
-    "PruneOutcome",
     "apply_masks",
     "attach_masks",
     "iterative_magnitude_pruning",
     "magnitude_masks",
     "prunable_parameters",
-    "prune_checkpoint",
-    "prune_model",
     "sparsity",
     "ModelCost",
     "PruneError",
     "count_macs",
-    "count_parameters",
+    "count_spec_parameters",
     "group_norms",
     "group_sums",
     "load_pruned",
@@ -64,7 +65,7 @@ __all__ = [
     "model_cost",
     "neuron_importance",
     "prune_state_dict",
-    "pruneable_spaces",
+    "prunable_spaces",
     "pruned_metadata",
     "pruned_sizes",
     "resize_model",

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from weightspace.errors import WeightspaceError
 from weightspace.spec import WeightSpaceSpec
 
 #: Parameter roles whose multiply-accumulates are counted (one per weight
@@ -36,8 +37,11 @@ def _numel(spec: WeightSpaceSpec, name: str, sizes: Mapping[str, int] | None) ->
     return math.prod(dims)
 
 
-def count_parameters(spec: WeightSpaceSpec, sizes: Mapping[str, int] | None = None) -> int:
-    """Trainable values (buffers such as running statistics excluded).
+def count_spec_parameters(spec: WeightSpaceSpec, sizes: Mapping[str, int] | None = None) -> int:
+    """Trainable values a network of ``spec`` holds (buffers such as running
+    statistics excluded), computed from the spec alone, before any model is
+    built (for a module's own count, see
+    :func:`weightspace.nn.count_trainable_parameters`).
 
     Args:
         spec: the architecture.
@@ -71,7 +75,7 @@ class ModelCost:
     """Size and speed of one model.
 
     Args:
-        parameters: trainable values.
+        parameters: trainable values (:func:`count_spec_parameters`).
         nonzero: trainable values that are not zero (unstructured sparsity).
         macs: multiply-accumulates per sample (see :func:`count_macs`).
         latency_ms: median wall time of a forward pass of one batch, or
@@ -97,7 +101,7 @@ def measure_latency(model: nn.Module, example_input: Tensor, repeats: int = 30,
     mode (the model's mode is restored). The median, not the mean, so one
     preempted run on a shared machine does not move the figure."""
     if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
+        raise WeightspaceError(f"repeats must be >= 1, got {repeats}", parameter="repeats")
     was_training = model.training
     model.eval()
     try:
@@ -131,5 +135,5 @@ def model_cost(model: nn.Module, spec: WeightSpaceSpec, latency_batch: int = 0,
         example = torch.randn(latency_batch, *spec.input_shape, device=like.device,
                               dtype=like.dtype)
         latency = measure_latency(model, example, repeats=repeats)
-    return ModelCost(parameters=count_parameters(spec), nonzero=nonzero, macs=count_macs(spec),
+    return ModelCost(parameters=count_spec_parameters(spec), nonzero=nonzero, macs=count_macs(spec),
                      latency_ms=latency, batch_size=latency_batch)

@@ -195,27 +195,48 @@ def _first_user_wants_last_axis(ctx: TraceContext, node: fx.Node) -> bool:
 
 
 def _finalise(ctx: TraceContext, module: nn.Module, x: Tensor, outputs: list[Value]) -> WeightSpaceSpec:
+    """Turn the interpreted graph into the spec: spaces, layers, then
+    parameters in the module's state-dict order, and check they agree."""
     if not outputs:
         raise TraceError(f"{type(module).__name__}.forward returns no tensor")
+    state = module.state_dict()
+    param_order = {name: i for i, name in enumerate(state)}
+    spaces = _spaces(ctx, outputs, param_order)
+    layers = _layers(ctx)
+    parameters = _parameters(ctx, state, trainable={name for name, _ in module.named_parameters()})
+    missing = set(ctx.parameters) - set(param_order)
+    for name in sorted(missing):
+        log.info("parameter %r is used by forward but not in the state dict; ignored", name)
+    names = [s.name for s in spaces]
+    if len(set(names)) != len(names):
+        raise TraceError(f"duplicate space names {names}")
+    spec = WeightSpaceSpec(
+        spaces=tuple(spaces),
+        parameters=tuple(parameters),
+        layers=tuple(layers),
+        input_shape=tuple(x.shape[1:]),
+        module_type=f"{type(module).__module__}.{type(module).__qualname__}",
+    )
+    _check_layers_consistent(spec)
+    return spec
+
+
+def _spaces(ctx: TraceContext, outputs: list[Value], param_order: dict[str, int]) -> list[NeuronSpace]:
+    """The neuron spaces, in order of first appearance along the layers, with
+    the scale/sign symmetry rules of the hidden ones (sorted by parameter in
+    state-dict order, then axis)."""
     input_space = ctx.find_space(ctx.layers[ctx.input_layer].space)
     output_spaces = {ctx.find_space(v.space) for v in outputs}
     scale = ctx.symmetry_rules("scale")
     sign = ctx.symmetry_rules("sign")
-
-    # spaces, in order of first appearance along the layers
     order: list[int] = []
+    activations: dict[int, str] = {}
     for layer in ctx.layers:
         root = ctx.find_space(layer.space)
         if root not in order:
             order.append(root)
-    activations: dict[int, str] = {}
-    for layer in ctx.layers:
-        root = ctx.find_space(layer.space)
         if layer.activation and root not in activations:
             activations[root] = layer.activation
-    state = module.state_dict()
-    param_order = {name: i for i, name in enumerate(state)}
-    trainable = {name for name, _ in module.named_parameters()}
 
     def sort_rules(rs):
         return tuple(sorted(rs, key=lambda r: (param_order.get(r.parameter, -1), r.axis)))
@@ -239,8 +260,12 @@ def _finalise(ctx: TraceContext, module: nn.Module, x: Tensor, outputs: list[Val
             scale_rules=sort_rules(scale.get(root, [])) if hidden else (),
             sign_rules=sort_rules(sign.get(root, [])) if hidden else (),
         ))
+    return spaces
 
-    # layers: depth = weight layers on the longest path from the input
+
+def _layers(ctx: TraceContext) -> list[LayerSpec]:
+    """The layers in trace order; depth = weight layers on the longest path
+    from the input."""
     depth: list[int] = []
     layers = []
     for i, layer in enumerate(ctx.layers):
@@ -262,8 +287,13 @@ def _finalise(ctx: TraceContext, module: nn.Module, x: Tensor, outputs: list[Val
             spatial=layer.spatial,
             inputs=tuple(ctx.make_input(*inp) for inp in layer.inputs),
         ))
+    return layers
 
-    # parameters, in the module's state-dict order (the canonical flat order)
+
+def _parameters(ctx: TraceContext, state: dict[str, Tensor], trainable: set[str]
+                ) -> list[ParameterSpec]:
+    """One entry per state-dict entry, in the state dict's order (the
+    canonical flat order); an entry forward never uses is kept as "unused"."""
     parameters = []
     for name, tensor in state.items():
         p = ctx.parameters.get(name)
@@ -286,21 +316,7 @@ def _finalise(ctx: TraceContext, module: nn.Module, x: Tensor, outputs: list[Val
                 )
         parameters.append(ParameterSpec(name, tuple(tensor.shape), tensor_dtype_name(tensor), axes,
                                         p.role, ctx.layers[p.layer].name, p.module, is_buffer))
-    missing = set(ctx.parameters) - set(param_order)
-    for name in sorted(missing):
-        log.info("parameter %r is used by forward but not in the state dict; ignored", name)
-    names = [s.name for s in spaces]
-    if len(set(names)) != len(names):
-        raise TraceError(f"duplicate space names {names}")
-    spec = WeightSpaceSpec(
-        spaces=tuple(spaces),
-        parameters=tuple(parameters),
-        layers=tuple(layers),
-        input_shape=tuple(x.shape[1:]),
-        module_type=f"{type(module).__module__}.{type(module).__qualname__}",
-    )
-    _check_layers_consistent(spec)
-    return spec
+    return parameters
 
 
 def _check_layers_consistent(spec: WeightSpaceSpec) -> None:

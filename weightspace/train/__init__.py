@@ -1,23 +1,30 @@
-"""Training metanetworks on zoos: configuration, tasks, the training loop
-(single process or DDP under ``torchrun``), and INR editing targets."""
+"""Training metanetworks on zoos: configuration, tasks (:data:`TASKS`), the
+training loop (single process or DDP under ``torchrun``), and INR editing
+targets. The augmentations a config names are
+:data:`weightspace.zoo.augmentations.AUGMENTATIONS`, built by
+:func:`~weightspace.zoo.augmentations.make_augmentation` (both re-exported here)."""
 
-from weightspace.train.config import TASKS, TrainConfig, apply_overrides, load_config, save_config
+from weightspace.train.config import TrainConfig, apply_overrides, load_config, save_config
 from weightspace.train.distributed import resolve_device, setup_distributed, teardown_distributed
 from weightspace.train.inr import EDIT_OPS, edit_images, edit_targets, refit_mse_floor, render
 from weightspace.train.metrics import accuracy, kendall_tau, mean_squared_error, r_squared
+from weightspace.train.tasks import TASKS, ClassificationTask, EditTask, RegressionTask, Task
 from weightspace.train.trainer import (
-    AUGMENTATIONS,
     Trainer,
     TrainResult,
-    make_augmentation,
     split_rows,
     train_metanetwork,
 )
+from weightspace.zoo.augmentations import AUGMENTATIONS, make_augmentation
 
 __all__ = [
     "AUGMENTATIONS",
     "EDIT_OPS",
     "TASKS",
+    "ClassificationTask",
+    "EditTask",
+    "RegressionTask",
+    "Task",
     "TrainConfig",
     "TrainResult",
     "Trainer",

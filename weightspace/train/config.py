@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 
-TASKS = ("classify", "regress", "edit")
+from weightspace.errors import WeightspaceError
+from weightspace.train.tasks import TASKS
 
 
 @dataclass
@@ -21,7 +22,8 @@ class TrainConfig:
 
     Args:
         zoo: path of the HDF5 zoo.
-        task: ``"classify"`` (cross-entropy, accuracy), ``"regress"`` (MSE;
+        task: a name of :data:`~weightspace.train.tasks.TASKS`:
+            ``"classify"`` (cross-entropy, accuracy), ``"regress"`` (MSE;
             Kendall τ and R²) or ``"edit"`` (the metanetwork outputs an INR;
             MSE of its image against the edited image, e.g. dilated).
         target: the zoo column to predict (``classify``/``regress``).
@@ -39,7 +41,8 @@ class TrainConfig:
             ``digits-inr``: its ``test`` images are divided into val and test
             by run).
         max_train_rows: use only the first N training rows (``0``: all).
-        augment: weight-space augmentations by name with their arguments,
+        augment: weight-space augmentations by name (of
+            :data:`~weightspace.zoo.augmentations.AUGMENTATIONS`) with their arguments,
             e.g. ``{"permutation": {}, "siren_bias_shift": {"p": 0.5}}``.
         mixup: weight-space mixup ``{"alpha": 0.2, "p": 1.0, "align": true}``
             or ``None``.
@@ -87,19 +90,21 @@ class TrainConfig:
                 try:
                     setattr(self, f.name, int(value) if f.type == "int" else float(value))
                 except (TypeError, ValueError):
-                    raise ValueError(f"{f.name} must be a number, got {value!r}") from None
+                    raise WeightspaceError(f"{f.name} must be a number, got {value!r}",
+                                           parameter=f.name) from None
         self.validate()
 
     def validate(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"task={self.task!r} is not one of {list(TASKS)}")
+        TASKS.get(self.task)
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise WeightspaceError(f"{name} must be at least 1, got {getattr(self, name)}",
+                                       parameter=name)
         if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+            raise WeightspaceError(f"lr must be positive, got {self.lr}", parameter="lr")
         if not isinstance(self.model_args, Mapping):
-            raise ValueError(f"model_args must be a mapping, got {self.model_args!r}")
+            raise WeightspaceError(f"model_args must be a mapping, got {self.model_args!r}",
+                                   parameter="model_args")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -123,17 +128,20 @@ def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[st
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"override {item!r} is not key=value (e.g. epochs=10, model_args.hidden=64)")
+            raise WeightspaceError(f"override {item!r} is not key=value (e.g. epochs=10, "
+                                   f"model_args.hidden=64)", parameter="overrides")
         path = key.strip().split(".")
         if path[0] not in names:
-            raise ValueError(f"unknown setting {path[0]!r} in override {item!r}; known: {sorted(names)}")
+            raise WeightspaceError(f"unknown setting {path[0]!r} in override {item!r}; known: "
+                                   f"{sorted(names)}", parameter="overrides")
         target = values
         for part in path[:-1]:
             nested = target.get(part)
             if nested is None:
                 nested = target[part] = {}
             if not isinstance(nested, dict):
-                raise ValueError(f"override {item!r}: {part!r} is not a mapping")
+                raise WeightspaceError(f"override {item!r}: {part!r} is not a mapping",
+                                       parameter="overrides")
             target = nested
         target[path[-1]] = _parse_value(text)
     return values
@@ -152,11 +160,13 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[
         try:
             loaded = yaml.safe_load(path.read_text())
         except OSError as exc:
-            raise ValueError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+            raise WeightspaceError(f"cannot read config {path}: {exc.strerror or exc}",
+                                   parameter="path") from exc
         except yaml.YAMLError as exc:
-            raise ValueError(f"{path} is not valid YAML: {exc}") from exc
+            raise WeightspaceError(f"{path} is not valid YAML: {exc}", parameter="path") from exc
         if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f"{path} must hold a mapping of settings, got {type(loaded).__name__}")
+            raise WeightspaceError(f"{path} must hold a mapping of settings, got "
+                                   f"{type(loaded).__name__}", parameter="path")
         data.update(loaded or {})
     data.update(values)
     apply_overrides(data, overrides)
@@ -164,7 +174,8 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[
     unknown = sorted(set(data) - names)
     if unknown:
         where = f" in {path}" if path is not None else ""
-        raise ValueError(f"unknown setting {unknown[0]!r}{where}; known: {sorted(names)}")
+        raise WeightspaceError(f"unknown setting {unknown[0]!r}{where}; known: {sorted(names)}",
+                               parameter=unknown[0])
     return TrainConfig(**data)
 
 

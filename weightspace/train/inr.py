@@ -24,11 +24,39 @@ from torch import Tensor, nn
 
 from weightspace.errors import WeightspaceError
 from weightspace.functional import batched_forward
+from weightspace.registry import Entry, Registry
 from weightspace.spec import WeightSpaceSpec
 from weightspace.zoo.recipes.base import ImageData, load_image_data
 from weightspace.zoo.recipes.digits_inr import INRData, prepare
 
-EDIT_OPS = ("dilate", "erode", "invert", "identity")
+
+def _dilate(images: np.ndarray, *, size: int) -> np.ndarray:
+    return ndimage.grey_dilation(images, size=(1, 1, size, size))
+
+
+def _erode(images: np.ndarray, *, size: int) -> np.ndarray:
+    return ndimage.grey_erosion(images, size=(1, 1, size, size))
+
+
+def _invert(images: np.ndarray, *, lo: float, hi: float) -> np.ndarray:
+    return hi + lo - images
+
+
+def _identity(images: np.ndarray) -> np.ndarray:
+    return images
+
+
+EDIT_OPS: Registry[Entry] = Registry("edit op", (
+    Entry("dilate", _dilate, "grey-scale dilation with a size x size square",
+          reference="Navon et al. 2023, ICML 2023 (INR editing)"),
+    Entry("erode", _erode, "grey-scale erosion with a size x size square",
+          reference="Navon et al. 2023, ICML 2023 (INR editing)"),
+    Entry("invert", _invert, "max + min - value"),
+    Entry("identity", _identity, "the image itself (a control: reconstruct the INR)"),
+), parameter="op")
+"""Image edits of the editing task by name (``edit.op`` of a training config).
+An op is ``f(images [N, C, H, W], **needs)``; its keyword parameters say what
+it needs of ``size`` (the square's side) and ``lo`` / ``hi`` (the pixel range)."""
 
 
 def render(network: nn.Module, spec: WeightSpaceSpec, params: Tensor, coords: Tensor) -> Tensor:
@@ -50,23 +78,21 @@ def render(network: nn.Module, spec: WeightSpaceSpec, params: Tensor, coords: Te
 
 
 def edit_images(images: ImageData, op: str = "dilate", size: int = 3) -> ImageData:
-    """The same images, edited: grey-scale ``dilate`` / ``erode`` with a
-    ``size × size`` square, ``invert`` (``max + min - v``) or ``identity``."""
-    if op not in EDIT_OPS:
-        raise WeightspaceError(f"edit op {op!r} is not one of {list(EDIT_OPS)}", parameter="op")
+    """The same images, edited by ``op`` (a name of :data:`EDIT_OPS`):
+    grey-scale ``dilate`` / ``erode`` with a ``size × size`` square,
+    ``invert`` (``max + min - v``) or ``identity``.
+
+    Raises:
+        WeightspaceError: an unknown ``op`` (the message lists the ops).
+    """
+    entry = EDIT_OPS.get(op)
     split = images.split
     lo = float(min(split.x_train.min(), split.x_test.min()))
     hi = float(max(split.x_train.max(), split.x_test.max()))
 
     def apply(x: Tensor) -> Tensor:
-        a = x.numpy()
-        if op == "dilate":
-            a = ndimage.grey_dilation(a, size=(1, 1, size, size))
-        elif op == "erode":
-            a = ndimage.grey_erosion(a, size=(1, 1, size, size))
-        elif op == "invert":
-            a = hi + lo - a
-        return torch.from_numpy(np.ascontiguousarray(a))
+        edited = entry.call_with_available(x.numpy(), size=size, lo=lo, hi=hi)
+        return torch.from_numpy(np.ascontiguousarray(edited))
 
     edited = type(split)(apply(split.x_train), split.y_train, apply(split.x_test), split.y_test)
     # the pixel scale must be the original images' (a dilated image is brighter)

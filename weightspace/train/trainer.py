@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,48 +34,27 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from weightspace.graph.template import GraphTemplate
+from weightspace.errors import WeightspaceError
 from weightspace.io import atomic_output_path, atomic_write
-from weightspace.nn.base import as_parameters
-from weightspace.nn.registry import build_metanetwork, count_parameters, is_graph_model
+from weightspace.nn.registry import (
+    METANETWORKS,
+    build_metanetwork,
+    count_trainable_parameters,
+    is_graph_model,
+)
 from weightspace.train.config import TrainConfig, save_config
 from weightspace.train.distributed import Distributed, setup_distributed, teardown_distributed
-from weightspace.train.inr import EditTargets, edit_targets, render
-from weightspace.train.metrics import accuracy, kendall_tau, mean_squared_error, r_squared
 from weightspace.train.schedule import warmup_cosine_scheduler
+from weightspace.train.tasks import make_task
 from weightspace.zoo import Zoo, ZooGraphDataset, split_by_run
-from weightspace.zoo import transforms as T
+from weightspace.zoo.augmentations import make_augmentation
 from weightspace.zoo.mixup import WeightMixup
 
 logger = logging.getLogger(__name__)
-
-AUGMENTATIONS: dict[str, type[T.WeightTransform]] = {
-    "permutation": T.RandomPermutation,
-    "scaling": T.RandomScaling,
-    "sign_flip": T.RandomSignFlip,
-    "siren_bias_shift": T.SirenBiasShift,
-    "noise": T.GaussianNoise,
-    "dropout": T.WeightDropout,
-}
-"""Names of the weight-space augmentations in :attr:`TrainConfig.augment`."""
-
-
-def make_augmentation(spec: dict[str, dict[str, Any]]) -> T.WeightTransform | None:
-    """A :class:`~weightspace.zoo.transforms.Compose` of the named augmentations."""
-    if not spec:
-        return None
-    transforms = []
-    for name, args in spec.items():
-        if name not in AUGMENTATIONS:
-            raise ValueError(f"unknown augmentation {name!r}; choose from {sorted(AUGMENTATIONS)}")
-        transforms.append(AUGMENTATIONS[name](**(args or {})))
-    return T.Compose(transforms)
-
 
 def make_mixup(spec: dict[str, Any] | None) -> WeightMixup | None:
     if not spec:
@@ -97,8 +75,8 @@ def split_rows(zoo: Zoo, config: TrainConfig) -> dict[str, np.ndarray]:
         parts = split_by_run(zoo, rows, config.split_fractions, seed=config.seed)
     else:
         if config.split not in zoo.columns:
-            raise ValueError(f"split={config.split!r}: {zoo.path} has no such column; "
-                             f"use 'run' or one of {zoo.columns}")
+            raise WeightspaceError(f"split={config.split!r}: {zoo.path} has no such column; "
+                                   f"use 'run' or one of {zoo.columns}", parameter="split")
         values = zoo.column(config.split, rows).astype(str)
         parts = {name: rows[values == name] for name in ("train", "val", "test")}
         if len(parts["val"]) == 0:
@@ -110,139 +88,11 @@ def split_rows(zoo: Zoo, config: TrainConfig) -> dict[str, np.ndarray]:
             parts["val"], parts["test"] = halves["val"], halves["test"]
     for name in ("train", "val", "test"):
         if len(parts.get(name, ())) == 0:
-            raise ValueError(f"the {name!r} split of {zoo.path} is empty ({len(rows)} usable rows); "
-                             "build a larger zoo or change split / split_fractions")
+            raise WeightspaceError(f"the {name!r} split of {zoo.path} is empty ({len(rows)} usable rows); "
+                                   "build a larger zoo or change split / split_fractions", parameter="split")
     if config.max_train_rows:
         parts["train"] = parts["train"][: config.max_train_rows]
     return parts
-
-
-# ------------------------------------------------------------------- tasks
-class Task(ABC):
-    """Loss and scores of one task. ``score_name`` names the higher-is-better
-    metric used for early stopping and the best checkpoint."""
-
-    name = "task"
-    score_name = "score"
-    head = "invariant"
-
-    def out_dim(self, dataset: ZooGraphDataset) -> int:
-        return 1
-
-    def prepare(self, dataset: ZooGraphDataset, device: torch.device) -> None:  # noqa: B027
-        """Fit task state on the training set (target scaling …); most tasks have none."""
-
-    @abstractmethod
-    def loss(self, model: nn.Module, batch: Any) -> tuple[Tensor, Tensor]:
-        """``(loss, predictions)``."""
-
-    @abstractmethod
-    def metrics(self, predictions: Tensor, targets: Tensor) -> dict[str, float]:
-        """Scores of all predictions of a split against their targets."""
-
-
-class ClassificationTask(Task):
-    name = "classify"
-    score_name = "accuracy"
-
-    def out_dim(self, dataset):
-        return dataset.num_classes
-
-    def loss(self, model, batch):
-        logits = model(batch)
-        y = batch.y.view(-1)
-        if getattr(batch, "lam", None) is not None:
-            lam = batch.lam.to(logits.dtype)
-            loss = (lam * F.cross_entropy(logits, y, reduction="none")
-                    + (1 - lam) * F.cross_entropy(logits, batch.y_partner.view(-1), reduction="none")).mean()
-        else:
-            loss = F.cross_entropy(logits, y)
-        return loss, logits.detach()
-
-    def metrics(self, predictions, targets):
-        loss = float(F.cross_entropy(predictions, targets.view(-1)))
-        return {"loss": loss, "accuracy": accuracy(predictions, targets.view(-1))}
-
-
-class RegressionTask(Task):
-    name = "regress"
-    score_name = "kendall_tau"
-
-    def __init__(self) -> None:
-        self.mean = 0.0
-        self.std = 1.0
-
-    def prepare(self, dataset, device):
-        y = dataset._targets[torch.from_numpy(dataset.rows)].double()
-        self.mean = float(y.mean())
-        self.std = float(y.std()) if len(y) > 1 and float(y.std()) > 0 else 1.0
-
-    def loss(self, model, batch):
-        pred = model(batch)
-        target = (batch.y.view(pred.shape).to(pred.dtype) - self.mean) / self.std
-        if getattr(batch, "lam", None) is not None:
-            lam = batch.lam.to(pred.dtype).view(-1, 1)
-            partner = (batch.y_partner.view(pred.shape).to(pred.dtype) - self.mean) / self.std
-            target = lam * target + (1 - lam) * partner
-        return F.mse_loss(pred, target), (pred.detach() * self.std + self.mean)
-
-    def metrics(self, predictions, targets):
-        targets = targets.view(predictions.shape).to(predictions.dtype)
-        return {"loss": mean_squared_error((predictions - self.mean) / self.std,
-                                           (targets - self.mean) / self.std),
-                "mse": mean_squared_error(predictions, targets),
-                "kendall_tau": kendall_tau(predictions, targets), "r2": r_squared(predictions, targets)}
-
-
-class EditTask(Task):
-    """INR editing (:mod:`weightspace.train.inr`)."""
-
-    name = "edit"
-    score_name = "neg_mse"
-    head = "equivariant"
-
-    def __init__(self, zoo: Zoo, data: str | None, op: str, size: int) -> None:
-        if len(zoo.groups) != 1:
-            raise ValueError(f"the edit task needs a zoo of one INR architecture; {zoo.path} has "
-                             f"groups {list(zoo.groups)}")
-        for column in ("split", "image_index"):
-            if column not in zoo.columns:
-                raise ValueError(f"the edit task needs the {column!r} column of a digits-inr zoo; "
-                                 f"{zoo.path} has {zoo.columns}")
-        self.zoo = zoo
-        group = next(iter(zoo.groups.values()))
-        self.template = GraphTemplate.for_spec(group.spec)
-        self.network = group.model_def.build()
-        self.targets: EditTargets = edit_targets(data, op, size)
-
-    def images(self, rows: Tensor, device: torch.device) -> Tensor:
-        rows_np = rows.cpu().numpy()
-        return self.targets.lookup(self.zoo.column("split", rows_np).astype(str),
-                                   self.zoo.column("image_index", rows_np)).to(device)
-
-    def render(self, params: Tensor) -> Tensor:
-        self.network = self.network.to(params.device)
-        return render(self.network, self.template.spec, params, self.targets.coords.to(params.device))
-
-    def loss(self, model, batch):
-        out = model(batch)
-        params = as_parameters(out, self.template)
-        images = self.render(params)
-        target = self.images(batch.row, images.device).to(images.dtype)
-        return F.mse_loss(images, target), images.detach().flatten(1)
-
-    def metrics(self, predictions, targets):
-        mse = mean_squared_error(predictions, targets)
-        return {"loss": mse, "mse": mse, "neg_mse": -mse}
-
-
-def make_task(config: TrainConfig, zoo: Zoo) -> Task:
-    if config.task == "classify":
-        return ClassificationTask()
-    if config.task == "regress":
-        return RegressionTask()
-    edit = dict(config.edit or {})
-    return EditTask(zoo, edit.pop("data", None), edit.pop("op", "dilate"), int(edit.pop("size", 3)))
 
 
 # ----------------------------------------------------------------- results
@@ -290,9 +140,7 @@ class Trainer:
         self.zoo = Zoo(config.zoo)
         self.task = make_task(config, self.zoo)
         self.parts = split_rows(self.zoo, config)
-        target = None if config.task == "edit" else config.target
-        classification = True if config.task == "classify" else (False if target else None)
-        common = dict(target=target, classification=classification)
+        common = self.task.dataset_arguments(config)
         self.train_set = ZooGraphDataset(self.zoo, self.parts["train"], seed=config.seed + 1000 * self.dist.rank,
                                          weight_transform=make_augmentation(config.augment),
                                          mixup=make_mixup(config.mixup), **common)
@@ -305,9 +153,10 @@ class Trainer:
             # their activations (digits-cnn, the Small CNN Zoo) share it
             layouts = {tuple((p.name, p.shape) for p in g.spec.parameters) for g in self.zoo.groups.values()}
             if len(layouts) > 1:
-                raise ValueError(f"{config.model!r} works on one parameter layout, but the groups of "
-                                 f"{self.zoo.path} ({list(self.zoo.groups)}) have different ones; use a "
-                                 "graph metanetwork (gmn, transformer, deepsets)")
+                graph_models = [n for n, e in METANETWORKS.items() if e.input == "graph"]
+                raise WeightspaceError(f"{config.model!r} works on one parameter layout, but the groups of "
+                                       f"{self.zoo.path} ({list(self.zoo.groups)}) have different ones; use a "
+                                       f"graph metanetwork ({', '.join(graph_models)})", parameter="model")
         self.template = templates[groups[0]]
         self.task.prepare(self.train_set, self.device)
         model_args = dict(config.model_args)
@@ -322,7 +171,7 @@ class Trainer:
         if fit is not None:
             sample = self.train_set.batch(np.arange(min(len(self.train_set), 512))).to(self.device)
             fit(sample)
-        self.num_parameters = count_parameters(self.model)
+        self.num_parameters = count_trainable_parameters(self.model)
         self.net: nn.Module = self.model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -365,10 +214,7 @@ class Trainer:
             batch = batch.to(self.device)
             _, pred = self.task.loss(self.model, batch)
             predictions.append(pred.float().cpu())
-            if isinstance(self.task, EditTask):
-                targets.append(self.task.images(batch.row, torch.device("cpu")).flatten(1).float())
-            else:
-                targets.append(batch.y.cpu())
+            targets.append(self.task.eval_targets(batch))
         return self.task.metrics(torch.cat(predictions), torch.cat(targets))
 
     # -------------------------------------------------------- checkpoints
@@ -390,8 +236,8 @@ class Trainer:
         # weights_only: a checkpoint is data, never code
         state = torch.load(path, map_location=self.device, weights_only=True)
         if state.get("config", {}).get("model") != self.config.model:
-            raise ValueError(f"{path} is a checkpoint of model {state.get('config', {}).get('model')!r}, "
-                             f"not {self.config.model!r}; use another out directory")
+            raise WeightspaceError(f"{path} is a checkpoint of model {state.get('config', {}).get('model')!r}, "
+                                   f"not {self.config.model!r}; use another out directory", parameter="out")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -495,5 +341,4 @@ def train_metanetwork(config: TrainConfig) -> TrainResult:
         teardown_distributed()
 
 
-__all__ = ["AUGMENTATIONS", "ClassificationTask", "EditTask", "RegressionTask", "Task", "TrainResult",
-           "Trainer", "make_augmentation", "split_rows", "train_metanetwork"]
+__all__ = ["TrainResult", "Trainer", "split_rows", "train_metanetwork"]

@@ -15,15 +15,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch_geometric.data import Batch, Data
+from torch_geometric.data import Batch
 
-from weightspace.graph.template import NODE_ATTRS, GraphTemplate
+from weightspace.graph.template import BATCH_ATTRIBUTES, GraphTemplate, wrap_graph_batch
 
 if TYPE_CHECKING:
     from weightspace.zoo.reader import Zoo
 
-_NODE_KEYS = ("x", "x_mask", *NODE_ATTRS)
-_EDGE_KEYS = ("edge_attr", "edge_type")
+_NODE_KEYS = tuple(key for key, kind in BATCH_ATTRIBUTES.items() if kind == "node")
+# edge_index is an edge attribute too, but its values are node ids: remapped apart
+_EDGE_KEYS = tuple(key for key, kind in BATCH_ATTRIBUTES.items()
+                   if kind == "edge" and key != "edge_index")
 
 
 def graphs_for_rows(zoo: Zoo, indices: np.ndarray,
@@ -43,7 +45,7 @@ def graphs_for_rows(zoo: Zoo, indices: np.ndarray,
     names = list(dict.fromkeys(groups))
     parts = []
     for name in names:
-        params = torch.from_numpy(zoo._gather(indices[groups == name]))
+        params = zoo.params(indices[groups == name])
         if device is not None:
             params = params.to(device)
         if transform is not None:
@@ -89,7 +91,7 @@ def interleave(parts: list[tuple[GraphTemplate, Batch]], order_group: np.ndarray
     # Each part's edge_index counts its own nodes from 0: shift to the
     # concatenation's node ids.
     cat["edge_index"] = torch.cat([b.edge_index + start for (_, b), start
-                                   in zip(parts, _part_starts(parts), strict=True)], dim=1)
+                                   in zip(parts, starts["node"], strict=True)], dim=1)
     device = cat["x"].device
     tensors: dict[str, Any] = {key: cat[key][node_index.to(device)] for key in _NODE_KEYS}
     tensors.update({key: cat[key][edge_index_order.to(device)] for key in _EDGE_KEYS})
@@ -105,21 +107,5 @@ def interleave(parts: list[tuple[GraphTemplate, Batch]], order_group: np.ndarray
     edge_ptr = torch.cat([torch.zeros(1, dtype=torch.long), edges_per_graph.cumsum(0)])
     scalar_ptr = torch.cat([torch.zeros(1, dtype=torch.long), scalars_per_graph.cumsum(0)])
     tensors["ptr"] = node_ptr.to(device)
-    batch = Batch(_base_cls=Data, **tensors)
-    slices = {key: node_ptr for key in _NODE_KEYS}
-    slices.update({key: edge_ptr for key in (*_EDGE_KEYS, "edge_index")})
-    slices["scalars"] = scalar_ptr
-    incs = {key: torch.zeros(num_graphs, dtype=torch.long) for key in slices}
-    incs["edge_index"] = node_ptr[:-1]
-    batch._num_graphs = num_graphs
-    batch._slice_dict = slices
-    batch._inc_dict = incs
-    return batch
+    return wrap_graph_batch(tensors, node_ptr, edge_ptr, scalar_ptr)
 
-
-def _part_starts(parts: list[tuple[GraphTemplate, Batch]]) -> list[int]:
-    starts, total = [], 0
-    for template, batch in parts:
-        starts.append(total)
-        total += template.num_nodes * int(batch.num_graphs)
-    return starts

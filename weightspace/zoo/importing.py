@@ -16,7 +16,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from weightspace.io import _fsync_directory, _temporary_sibling
+from weightspace.io import atomic_output_path
 from weightspace.zoo.errors import ZooError
 from weightspace.zoo.writer import ZooWriter, journal_path
 
@@ -42,31 +42,29 @@ def import_zoo(format: str, path: str | os.PathLike[str], output: str | os.PathL
     output = Path(output)
     if output.exists() and not overwrite:
         raise ZooError(f"{output} exists; pass --overwrite to replace it")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary_sibling(output)
-    temporary.unlink()
     groups: set[str] = set()
     rows = 0
-    try:
-        with ZooWriter(temporary, attrs={"import_format": format, "import_source": str(path)},
-                       sync=False, commit_rows=4096) as writer, \
-                tqdm(unit="row", desc=f"import {format}", disable=not progress) as bar:
-            batch = []
-            for row in iter_import(format, path, on_error=on_error, **options):
-                batch.append(row)
-                groups.add(row.group)
-                if len(batch) >= batch_rows:
+    with atomic_output_path(output) as temporary:
+        try:
+            # overwrite=True: the temporary file exists but is empty.
+            with ZooWriter(temporary, overwrite=True, sync=False, commit_rows=4096,
+                           attrs={"import_format": format, "import_source": str(path)}) as writer, \
+                    tqdm(unit="row", desc=f"import {format}", disable=not progress) as bar:
+                batch = []
+                for row in iter_import(format, path, on_error=on_error, **options):
+                    batch.append(row)
+                    groups.add(row.group)
+                    if len(batch) >= batch_rows:
+                        rows += writer.extend(batch)
+                        bar.update(len(batch))
+                        batch = []
+                if batch:
                     rows += writer.extend(batch)
                     bar.update(len(batch))
-                    batch = []
-            if batch:
-                rows += writer.extend(batch)
-                bar.update(len(batch))
-        os.replace(temporary, output)
-        _fsync_directory(output.parent)
-    finally:
-        temporary.unlink(missing_ok=True)
-        journal_path(temporary).unlink(missing_ok=True)
+        finally:
+            # Rows of a finished import are in the temporary zoo, those of a
+            # failed one are not wanted: the journal goes either way.
+            journal_path(temporary).unlink(missing_ok=True)
     logger.info("imported %d rows from %s (%s) into %s", rows, path, format, output)
     return {"output": str(output), "format": format, "source": str(path), "rows": rows,
             "groups": sorted(groups)}

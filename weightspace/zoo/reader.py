@@ -215,7 +215,7 @@ class Zoo:
             return self.groups[name]
         except KeyError:
             raise ZooError(f"{self.path} has no group {name!r}; groups: "
-                           f"{', '.join(self.groups) or 'none'}") from None
+                           f"{', '.join(self.groups) or 'none'}", parameter="name") from None
 
     @property
     def columns(self) -> list[str]:
@@ -249,10 +249,10 @@ class Zoo:
         if array.dtype == np.bool_:
             if len(array) != self._num_rows:
                 raise ZooError(f"a boolean row mask must have {self._num_rows} entries, got "
-                               f"{len(array)}")
+                               f"{len(array)}", parameter="index")
             return np.flatnonzero(array)
         if not np.issubdtype(array.dtype, np.integer):
-            raise ZooError(f"row indices must be integers, got {array.dtype}")
+            raise ZooError(f"row indices must be integers, got {array.dtype}", parameter="index")
         array = np.where(array < 0, array + self._num_rows, array)
         bad = array[(array < 0) | (array >= self._num_rows)]
         if len(bad):
@@ -275,7 +275,7 @@ class Zoo:
             parts = [g.column(name) for g in self.groups.values()]
         elif not kinds:
             raise ZooError(f"{self.path} has no column {name!r}; columns: "
-                           f"{', '.join(self.columns) or 'none'}")
+                           f"{', '.join(self.columns) or 'none'}", parameter="name")
         else:
             is_str = fmt.KIND_STR in kinds
             for g in self.groups.values():
@@ -350,7 +350,7 @@ class Zoo:
             where = np.asarray(where)
             if where.shape != (self._num_rows,) or where.dtype != np.bool_:
                 raise ZooError(f"select(where=...) must give a boolean mask of {self._num_rows} "
-                               f"rows, got {where.dtype} {where.shape}")
+                               f"rows, got {where.dtype} {where.shape}", parameter="where")
             mask &= where
         if last_checkpoint:
             mask &= self._last_checkpoint_mask(run_column, order_column)
@@ -361,7 +361,7 @@ class Zoo:
             order_column = next((c for c in ("step", "epoch") if c in self.columns), None)
             if order_column is None:
                 raise ZooError(f"{self.path}: last_checkpoint needs a 'step' or 'epoch' column "
-                               f"(or pass order_column=...)")
+                               f"(or pass order_column=...)", parameter="order_column")
         runs = self.column(run_column).astype(str)
         order = self.column(order_column).astype(float)
         groups = self.column("group").astype(str)
@@ -405,7 +405,7 @@ class Zoo:
         groups = [self._group_list[p].name for p in positions]
         if len(groups) > 1:
             raise ZooError(f"rows from several groups ({', '.join(sorted(groups))}) have "
-                           f"different parameter counts; read them per group")
+                           f"different parameter counts; read them per group", parameter="index")
         return torch.from_numpy(self._gather(indices))
 
     def _gather(self, indices: np.ndarray) -> np.ndarray:

@@ -44,7 +44,7 @@ import h5py
 import numpy as np
 
 from weightspace.errors import WeightspaceError
-from weightspace.io import _fsync_directory, _fsync_file, _temporary_sibling
+from weightspace.io import atomic_output_path
 from weightspace.spec import WeightSpaceSpec
 from weightspace.zoo import format as fmt
 from weightspace.zoo.errors import ZooError
@@ -337,8 +337,9 @@ class ZooWriter:
             self._truncate_journal()
             return
         started = time.monotonic()
-        temporary = _temporary_sibling(self.path)
-        try:
+        # The copy is renamed over the zoo only once it is complete and on
+        # disk: a kill leaves the zoo of the last commit (plus the journal).
+        with atomic_output_path(self.path) as temporary:
             if not self._fresh:
                 shutil.copyfile(self.path, temporary)
             with h5py.File(temporary, "w" if self._fresh else "r+") as handle:
@@ -352,12 +353,6 @@ class ZooWriter:
                     by_group.setdefault(p.group, []).append(p)
                 for name, rows in by_group.items():
                     self._write_group(handle, self._groups[name], rows)
-            _fsync_file(temporary)
-            os.replace(temporary, self.path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
-        _fsync_directory(self.path.parent)
         self._last_copy_seconds = time.monotonic() - started
         self._last_commit = time.monotonic()
         self._rows_in_file += len(self._pending)

@@ -48,12 +48,12 @@ The package, one module per concern:
 * :mod:`~weightspace.prune.meta.pruning`: :func:`prune_to_speedup` (also the
   magnitude baseline) and :func:`meta_prune`;
 * :mod:`~weightspace.prune.meta.saving`: :func:`save_meta_pruner`,
-  :func:`load_meta_pruner`, :func:`training_notes`;
-* :mod:`~weightspace.prune.meta.job`: :func:`train_meta_pruner` (zoo file in,
-  pruner file out; what ``weightspace train-pruner`` runs).
+  :func:`load_meta_pruner`, :func:`training_notes`.
+
+Meta-training from a zoo file to a saved pruner (``weightspace
+train-pruner``) is a job: :func:`weightspace.jobs.meta_pruner.train_meta_pruner`.
 """
 
-from weightspace.prune.meta.job import train_meta_pruner
 from weightspace.prune.meta.losses import group_lasso, output_logits
 from weightspace.prune.meta.pruner import MODES, MetaPruner
 from weightspace.prune.meta.pruning import meta_prune, prune_to_speedup
@@ -74,4 +74,4 @@ from weightspace.prune.meta.training import meta_train
 __all__ = ["CONFIG_METADATA", "FORMAT_METADATA", "FORMAT_VERSION", "GMN_ARGUMENTS", "MODES",
            "MetaPruner", "SPEC_METADATA", "TRAINING_METADATA", "group_lasso",
            "load_meta_pruner", "meta_prune", "meta_train", "output_logits", "prune_to_speedup",
-           "save_meta_pruner", "train_meta_pruner", "trained_zoo_rows", "training_notes"]
+           "save_meta_pruner", "trained_zoo_rows", "training_notes"]

@@ -20,7 +20,7 @@ from weightspace.graph.template import GraphTemplate
 from weightspace.nn.base import as_parameters, graph_batch
 from weightspace.nn.gmn import GMN
 from weightspace.nn.probes import add_probe_features
-from weightspace.prune.structured import PruneError, pruneable_spaces
+from weightspace.prune.structured import PruneError, prunable_spaces
 from weightspace.spec import AxisRef, WeightSpaceSpec
 
 __all__ = ["MODES", "MetaPruner"]
@@ -127,7 +127,7 @@ class MetaPruner(nn.Module):
         self._gate_nodes = {
             space: torch.stack([torch.arange(layer.size) + self.template.layer_offsets[layer.name]
                                 for layer in spec.layers if layer.space == space])
-            for space in pruneable_spaces(spec)}
+            for space in prunable_spaces(spec)}
         self._gated_axes = _gated_axes(spec, tuple(self._gate_nodes))
         # set once the encoders' per-depth statistics are fitted (saved with the weights)
         self.register_buffer("normalisation_fitted", torch.zeros((), dtype=torch.bool))

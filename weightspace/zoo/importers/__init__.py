@@ -27,11 +27,11 @@ Example::
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from weightspace.registry import Entry, Registry
 from weightspace.zoo.errors import ZooError
 from weightspace.zoo.importers.cnn_wild_park import read_cnn_wild_park
 from weightspace.zoo.importers.inr_folder import read_inr_folder
@@ -41,38 +41,40 @@ from weightspace.zoo.rows import ZooRow
 
 
 @dataclass(frozen=True)
-class ImportFormat:
+class ImportFormat(Entry):
     """One published zoo format.
 
     Attributes:
         name: the format's name for :func:`iter_import` and the CLI.
-        reader: ``reader(path, **options) -> Iterator[ZooRow]``.
+        target: its reader, ``reader(path, **options) -> Iterator[ZooRow]``;
+            the keyword-only parameters are the format's
+            :meth:`~weightspace.registry.Entry.options`.
         description: one line.
+        reference: the paper that published the zoo.
     """
 
-    name: str
-    reader: Callable[..., Iterator[ZooRow]]
-    description: str
-
-    def options(self) -> tuple[str, ...]:
-        """The keyword options the reader accepts."""
-        parameters = inspect.signature(self.reader).parameters.values()
-        return tuple(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    @property
+    def reader(self) -> Callable[..., Iterator[ZooRow]]:
+        """The reader function."""
+        return self.load()
 
 
-IMPORT_FORMATS: dict[str, ImportFormat] = {
-    f.name: f
-    for f in (
-        ImportFormat("small-cnn-zoo", read_small_cnn_zoo,
-                     "Small CNN Zoo: weights.npy + layout.csv + metrics.csv.gz"),
-        ImportFormat("inr-folder", read_inr_folder,
-                     "DWSNets/NFN INRs: one .pth per INR + a splits JSON"),
-        ImportFormat("cnn-wild-park", read_cnn_wild_park,
-                     "CNN Wild Park: <run>/<checkpoint>/checkpoint.pt with model and config"),
-        ImportFormat("model-zoos", read_model_zoos,
-                     "Model Zoos: Ray Tune trials with result.json and checkpoint_<n>/checkpoints"),
-    )
-}
+IMPORT_FORMATS: Registry[ImportFormat] = Registry("zoo format", (
+    ImportFormat("small-cnn-zoo", read_small_cnn_zoo,
+                 "Small CNN Zoo: weights.npy + layout.csv + metrics.csv.gz",
+                 reference="Unterthiner et al. 2020, Predicting Neural Network Accuracy "
+                           "from Weights"),
+    ImportFormat("inr-folder", read_inr_folder,
+                 "DWSNets/NFN INRs: one .pth per INR + a splits JSON",
+                 reference="Navon et al. 2023, ICML 2023; Zhou et al. 2023, NeurIPS 2023"),
+    ImportFormat("cnn-wild-park", read_cnn_wild_park,
+                 "CNN Wild Park: <run>/<checkpoint>/checkpoint.pt with model and config",
+                 reference="Kofinas et al. 2024, ICLR 2024"),
+    ImportFormat("model-zoos", read_model_zoos,
+                 "Model Zoos: Ray Tune trials with result.json and checkpoint_<n>/checkpoints",
+                 reference="Schürholt et al. 2022, Model Zoos, NeurIPS 2022 Datasets and "
+                           "Benchmarks"),
+), parameter="format", error=ZooError)
 """The readable formats by name."""
 
 
@@ -88,13 +90,10 @@ def iter_import(format: str, path: str | os.PathLike[str], **options) -> Iterato
         ZooError: an unknown format or option, or what the reader raises.
     """
     entry = IMPORT_FORMATS.get(format)
-    if entry is None:
-        raise ZooError(f"unknown zoo format {format!r}; known formats: "
-                       f"{', '.join(IMPORT_FORMATS)}")
     unknown = sorted(set(options) - set(entry.options()))
     if unknown:
         raise ZooError(f"format {format!r} has no option(s) {', '.join(unknown)}; its options "
-                       f"are {', '.join(entry.options())}")
+                       f"are {', '.join(entry.options())}", parameter="options")
     return entry.reader(path, **options)
 
 

@@ -1,142 +1,135 @@
 """``weightspace align``, ``merge`` and ``interpolate``: each verb is one call
-into :mod:`weightspace.merge.pipeline` plus printing."""
+into :mod:`weightspace.jobs` plus printing.
+
+``merge`` takes its models, method and architecture either from the flags
+(:func:`weightspace.jobs.merge.merge_checkpoints`) or from a mergekit-style
+``--config merge.yaml`` (:func:`weightspace.jobs.merge.merge_from_config`).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+from typing import Any
+
+from weightspace.cli._common import (
+    CLIError,
+    ModelAndSpec,
+    add_model_arguments,
+    add_output_flags,
+    model_and_spec,
+    print_json,
+)
 
 
-def _spec(args: argparse.Namespace):
-    from weightspace.cli import _spec_from_args
-    from weightspace.models.resolve import parse_model_args, resolve_model
-
-    spec = _spec_from_args(args)
-    model, _ = resolve_model(args.model, parse_model_args(args.model_args))
-    return model, spec
-
-
-def _scores_lines(report: dict) -> list[str]:
+def _scores_lines(scores: dict | None) -> list[str]:
     return [f"  {name:<16} test loss {s['loss']:.4f}  accuracy {s['accuracy']:.4f}"
-            for name, s in report.get("scores", {}).items()]
+            for name, s in (scores or {}).items()]
 
 
 def cmd_align(args: argparse.Namespace) -> int:
-    from weightspace.merge.pipeline import align_checkpoints
+    from weightspace.jobs.align import align_checkpoints
 
-    model, spec = _spec(args)
-    report = align_checkpoints(args.a, args.b, model, spec, args.output, method=args.method,
-                               seed=args.seed, data=args.data)
+    built = model_and_spec(args)
+    report = align_checkpoints(args.a, args.b, built.module, built.spec, args.output,
+                               method=args.method, seed=args.seed, data=args.data)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print_json(report)
         return 0
-    print(f"aligned {args.b} to {args.a} by {args.method} matching in {report['sweeps']} sweeps "
-          f"({report['permuted_spaces']} spaces permuted); distance to A "
-          f"{report['distance_before']:.4f} -> {report['distance_after']:.4f}; wrote "
-          f"{report['output']}")
-    print("\n".join(_scores_lines(report)))
+    print(f"aligned {args.b} to {args.a} by {args.method} matching in {report.sweeps} sweeps "
+          f"({report.permuted_spaces} spaces permuted); distance to A "
+          f"{report.distance_before:.4f} -> {report.distance_after:.4f}; wrote "
+          f"{report.output}")
+    print("\n".join(_scores_lines(report.scores)))
     return 0
 
 
-def cmd_merge(args: argparse.Namespace) -> int:
-    from weightspace.merge.pipeline import merge_checkpoints
+def _merge_from_flags(args: argparse.Namespace) -> tuple[list[str], ModelAndSpec, dict[str, Any]]:
+    """Checkpoints, model + spec and settings of the flags."""
+    if not args.model:
+        raise CLIError("--model is required (or use --config merge.yaml)")
+    parameters = {k: v for k, v in (("density", args.density), ("scaling", args.scaling))
+                  if v is not None}
+    if args.method == "dare":
+        parameters["seed"] = args.seed
+    settings = dict(method=args.method, base=args.base, align=args.align, weights=args.weights,
+                    parameters=parameters, repair=args.repair, data=args.data)
+    return args.checkpoints, model_and_spec(args), settings
 
+
+def cmd_merge(args: argparse.Namespace) -> int:
     if args.config:
-        from weightspace.merge.config import load_merge_config
+        from weightspace.jobs.merge import merge_from_config
 
         if args.checkpoints:
-            raise ValueError("give checkpoints on the command line or --config, not both")
-        config = load_merge_config(args.config)
-        if config.architecture is None:
-            raise ValueError(f"{args.config}: field 'architecture' is required by "
-                             f"`weightspace merge --config`")
-        model, shape = config.architecture.build()
-        if shape is None:
-            raise ValueError(f"{args.config}: field 'architecture.input_shape' is required for "
-                             f"{config.architecture.model!r}")
-        from weightspace.spec import trace
-
-        spec = trace(model, shape)
-        kwargs = config.method_kwargs()
-        weights = kwargs.pop("weights")
-        report = merge_checkpoints(
-            [m.model for m in config.models], model, spec, args.output,
-            method=config.merge_method, base=config.base_model, align=config.align,
-            weights=weights, parameters=kwargs, repair=config.repair,
-            data=None if config.data is None else str(config.data), seed=args.seed,
-            config_copy=config.as_dict(), dtype=config.dtype)
+            raise CLIError("give checkpoints on the command line or --config, not both")
+        report = merge_from_config(args.config, args.output, seed=args.seed)
     else:
-        if not args.model:
-            raise ValueError("--model is required (or use --config merge.yaml)")
-        model, spec = _spec(args)
-        parameters = {k: v for k, v in (("density", args.density), ("scaling", args.scaling))
-                      if v is not None}
-        if args.method == "dare":
-            parameters["seed"] = args.seed
-        report = merge_checkpoints(
-            args.checkpoints, model, spec, args.output, method=args.method, base=args.base,
-            align=args.align, weights=args.weights, parameters=parameters, repair=args.repair,
-            data=args.data, seed=args.seed)
+        from weightspace.jobs.merge import merge_checkpoints
+
+        paths, built, settings = _merge_from_flags(args)
+        report = merge_checkpoints(paths, built.module, built.spec, args.output, seed=args.seed,
+                                   **settings)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print_json(report)
         return 0
-    extra = f" + {', '.join(report['corrections'])}" if report["corrections"] else ""
-    print(f"merged {len(report['models'])} model(s) by {report['method']} (align: "
-          f"{report['align']}{extra}) -> {report['output']}")
-    print("\n".join(_scores_lines(report)))
+    extra = f" + {', '.join(report.corrections)}" if report.corrections else ""
+    print(f"merged {len(report.models)} model(s) by {report.method} (align: "
+          f"{report.align}{extra}) -> {report.output}")
+    print("\n".join(_scores_lines(report.scores)))
     return 0
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
-    from weightspace.merge.pipeline import interpolate_checkpoints
+    from weightspace.jobs.interpolate import interpolate_checkpoints
 
-    model, spec = _spec(args)
-    report = interpolate_checkpoints(args.a, args.b, model, spec, data=args.data,
+    built = model_and_spec(args)
+    report = interpolate_checkpoints(args.a, args.b, built.module, built.spec, data=args.data,
                                      steps=args.steps, seed=args.seed, plot=args.plot,
                                      json_path=args.json_path, repair=args.repair)
-    for name, values in report["barriers"].items():
+    for name, values in report.barriers.items():
         print(f"{name:<26} loss barrier {values['loss_barrier']:.4f}  accuracy barrier "
               f"{values['accuracy_barrier']:.4f}")
-    for key in ("plot", "json"):
-        if key in report:
-            print(f"wrote {report[key]}")
+    for written in (report.plot, report.json):
+        if written is not None:
+            print(f"wrote {written}")
     return 0
 
 
-def add_align_parsers(sub: argparse._SubParsersAction, model_arguments) -> None:
+def _add_align(sub: argparse._SubParsersAction, align_methods: list[str]) -> None:
     p = sub.add_parser("align", help="permute checkpoint B's neurons to match A (Git Re-Basin)",
                        description="Align checkpoint B to A by weight matching over every "
                                    "permutable space (residual streams and BatchNorm statistics "
                                    "included). The aligned B computes exactly what B computes.")
     p.add_argument("a", help="reference checkpoint (.safetensors or .pt state dict)")
     p.add_argument("b", help="checkpoint to permute")
-    model_arguments(p)
+    add_model_arguments(p)
     p.add_argument("-o", "--output", required=True, help="aligned B (.safetensors or .pt)")
-    p.add_argument("--method", default="weight", choices=["weight", "activation"],
+    p.add_argument("--method", default="weight", choices=align_methods,
                    help="weight matching (data-free) or activation matching (needs --data)")
     p.add_argument("--data", default=None,
                    help="digits or file.npz: activations for --method activation, and B's "
                         "accuracy before and after")
     p.add_argument("--seed", type=int, default=0, help="order of the matching sweeps")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_output_flags(p, "print the report as JSON")
     p.set_defaults(func=cmd_align)
 
-    p = sub.add_parser("merge", help="align and merge checkpoints (average, task-arith, ties, "
-                                     "dare)",
+
+def _add_merge(sub: argparse._SubParsersAction, align_methods: list[str],
+               merge_methods: list[str]) -> None:
+    p = sub.add_parser("merge", help=f"align and merge checkpoints ({', '.join(merge_methods)})",
                        description="Merge checkpoints, after weight matching them into one "
                                    "frame (--align weight, the default). With --data, "
                                    "BatchNorm statistics are re-estimated and every model is "
                                    "scored. `--config merge.yaml` reads a mergekit-style config "
                                    "and copies it beside the output.")
     p.add_argument("checkpoints", nargs="*", metavar="CHECKPOINT", help="models to merge")
-    model_arguments(p, required=False)
+    add_model_arguments(p, required=False)
     p.add_argument("-o", "--output", required=True, help="merged checkpoint")
     p.add_argument("--config", default=None, help="mergekit-style YAML (models, merge_method, "
                                                   "base_model, parameters, architecture ...)")
-    p.add_argument("--align", default="weight", choices=["weight", "activation", "none"],
+    p.add_argument("--align", default="weight", choices=align_methods,
                    help="bring the models into one frame first (activation needs --data)")
-    p.add_argument("--method", default="average", choices=["average", "task-arith", "ties",
-                                                           "dare"])
+    p.add_argument("--method", default="average", choices=merge_methods)
     p.add_argument("--base", default=None, help="base model of task vectors (task-arith, "
                                                 "ties, dare)")
     p.add_argument("--weights", type=float, nargs="+", default=None,
@@ -147,9 +140,11 @@ def add_align_parsers(sub: argparse._SubParsersAction, model_arguments) -> None:
                                                          "average, needs --data)")
     p.add_argument("--data", default=None, help="digits or file.npz: BN reset, REPAIR, scores")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_output_flags(p, "print the report as JSON")
     p.set_defaults(func=cmd_merge)
 
+
+def _add_interpolate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("interpolate", help="loss/accuracy barrier along A -> B, naive and "
                                            "aligned",
                        description="Evaluate the linear path between A and B (25 points), naive, "
@@ -158,7 +153,7 @@ def add_align_parsers(sub: argparse._SubParsersAction, model_arguments) -> None:
                                    "and JSON.")
     p.add_argument("a")
     p.add_argument("b")
-    model_arguments(p)
+    add_model_arguments(p)
     p.add_argument("--data", default="digits", help="digits (default) or file.npz")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--repair", action="store_true", help="also the REPAIRed aligned path")
@@ -167,3 +162,15 @@ def add_align_parsers(sub: argparse._SubParsersAction, model_arguments) -> None:
                    help="JSON file to write with the paths and barriers")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_interpolate)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register ``align``, ``merge`` and ``interpolate``; the method choices
+    come from :data:`~weightspace.merge.config.ALIGN_METHODS` and
+    :data:`~weightspace.merge.MERGE_METHODS`."""
+    from weightspace.merge import MERGE_METHODS
+    from weightspace.merge.config import ALIGN_METHODS, NO_ALIGNMENT
+
+    _add_align(sub, ALIGN_METHODS.names())
+    _add_merge(sub, [*ALIGN_METHODS.names(), NO_ALIGNMENT], MERGE_METHODS.names())
+    _add_interpolate(sub)

@@ -1,17 +1,21 @@
 """``weightspace zoo ...``: build, inspect, verify, merge, export and import
-HDF5 checkpoint zoos. Each verb is one library call plus printing."""
+HDF5 checkpoint zoos. Each verb is one library call plus printing.
+
+The ``--size``, ``--format`` and import-format choices come from
+:data:`weightspace.zoo.recipes.SIZES`, :data:`weightspace.io.SAVE_SUFFIXES`
+and :data:`weightspace.zoo.importers.IMPORT_FORMATS`.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
-from weightspace.cli import _progress
-
-
-def _print_json(value) -> None:
-    print(json.dumps(value, indent=2))
+from weightspace.cli._common import (
+    add_output_flags,
+    print_json,
+    report_error,
+    show_progress,
+)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -19,9 +23,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     result = build_zoo(args.recipe, args.output, size=args.size, workers=args.workers,
                        shard=parse_shard(args.shard), data=args.data, overwrite=args.overwrite,
-                       progress=_progress(args))
+                       progress=show_progress(args))
     if args.json:
-        _print_json(result.to_dict())
+        print_json(result.to_dict())
     else:
         skipped = f" ({result.jobs_skipped} already done)" if result.jobs_skipped else ""
         print(f"built {result.recipe} ({result.size}, shard {result.shard[0]}/{result.shard[1]}): "
@@ -36,7 +40,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     info = zoo_info(args.zoo)
     if args.json:
-        _print_json(info)
+        print_json(info)
     else:
         print(format_info(info))
     return 0
@@ -45,9 +49,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from weightspace.zoo.ops import verify_zoo
 
-    report = verify_zoo(args.zoo, progress=_progress(args))
+    report = verify_zoo(args.zoo, progress=show_progress(args))
     if args.json:
-        _print_json(report.to_dict())
+        print_json(report.to_dict())
     else:
         for problem in report.problems:
             print(f"problem: {problem}")
@@ -60,19 +64,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
                                          f"{len(report.problems)} problem(s)"
         print(f"{args.zoo}: {report.rows_checked} rows checked, {status}")
     if not report.ok:
-        print(f"weightspace zoo verify: error: {args.zoo} has "
-              f"{len(report.bad_rows)} bad row(s) and {len(report.problems)} problem(s)",
-              file=sys.stderr)
-    return 0 if report.ok else 1
+        return report_error(args, f"{args.zoo} has {len(report.bad_rows)} bad row(s) and "
+                                  f"{len(report.problems)} problem(s)")
+    return 0
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
     from weightspace.zoo.ops import merge_zoos
 
     rows = merge_zoos(args.inputs, args.output, overwrite=args.overwrite,
-                      progress=_progress(args))
+                      progress=show_progress(args))
     if args.json:
-        _print_json({"output": args.output, "rows": rows, "inputs": args.inputs})
+        print_json({"output": args.output, "rows": rows, "inputs": args.inputs})
     else:
         print(f"merged {len(args.inputs)} zoo(s) -> {args.output}: {rows} rows")
     return 0
@@ -91,9 +94,9 @@ def cmd_export(args: argparse.Namespace) -> int:
                 wanted = _parse_rows(args.rows, len(zoo))
                 index = [i for i in wanted if i in set(index.tolist())]
     paths = export_zoo(args.zoo, args.output, index=index, suffix=args.format,
-                       progress=_progress(args))
+                       progress=show_progress(args))
     if args.json:
-        _print_json({"output": args.output, "files": [str(p) for p in paths]})
+        print_json({"output": args.output, "files": [str(p) for p in paths]})
     else:
         print(f"exported {len(paths)} checkpoint(s) to {args.output} (index.json lists them)")
     return 0
@@ -121,30 +124,39 @@ def cmd_import(args: argparse.Namespace) -> int:
     from weightspace.zoo.importing import import_zoo
 
     result = import_zoo(args.format, args.path, args.output, overwrite=args.overwrite,
-                        on_error=args.on_error, progress=_progress(args))
+                        on_error=args.on_error, progress=show_progress(args))
     if args.json:
-        _print_json(result)
+        print_json(result)
     else:
         print(f"imported {result['rows']} row(s) in group(s) {', '.join(result['groups'])} "
               f"from {args.path} ({args.format}) -> {args.output}")
     return 0
 
 
-def add_zoo_parser(sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register ``zoo`` and its verbs (``zoo build`` …)."""
     zoo = sub.add_parser("zoo", help="build, inspect, verify, merge, export and import zoos",
                          description="HDF5 checkpoint zoos: one group per architecture, one "
                                      "[N, P] row per checkpoint, metadata columns, per-row "
                                      "checksums (docs/zoo-format.md).")
     verbs = zoo.add_subparsers(dest="zoo_command", metavar="VERB", required=True)
+    _add_build(verbs)
+    _add_info_and_verify(verbs)
+    _add_merge_and_export(verbs)
+    _add_import(verbs)
+
+
+def _add_build(verbs: argparse._SubParsersAction) -> None:
+    from weightspace.zoo.recipes import SIZES, available_recipes
 
     p = verbs.add_parser("build", help="train a zoo from a recipe (digits-inr, digits-cnn ...)",
                          description="Build a zoo from a recipe in datasets/ (or a recipe YAML "
                                      "path). A killed build resumes when re-run with the same "
                                      "arguments.")
-    p.add_argument("recipe", help="recipe name (digits-inr, digits-cnn, digits-mlp, digits-wild) "
-                                  "or path to a recipe YAML")
+    p.add_argument("recipe", help=f"recipe name ({', '.join(available_recipes())}) or path to a "
+                                  f"recipe YAML")
     p.add_argument("-o", "--output", required=True, help="zoo file to write (.h5)")
-    p.add_argument("--size", default="tiny", choices=["tiny", "small", "full"],
+    p.add_argument("--size", default="tiny", choices=list(SIZES),
                    help="tiny builds in seconds; full is what the benchmark tables use")
     p.add_argument("--workers", type=int, default=1, help="training processes (default 1)")
     p.add_argument("--shard", default="0/1", metavar="I/N",
@@ -153,24 +165,28 @@ def add_zoo_parser(sub: argparse._SubParsersAction) -> None:
                    help="train on x_train, y_train, x_test, y_test from this .npz instead of "
                         "scikit-learn's digits")
     p.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
-    p.add_argument("--json", action="store_true", help="print the build summary as JSON")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_output_flags(p, "print the build summary as JSON", quiet_help="no progress bar")
     p.set_defaults(func=cmd_build)
 
+
+def _add_info_and_verify(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("info", help="groups, rows, columns and value ranges of a zoo",
                          description="Show a zoo's groups, rows, parameters, metadata columns "
                                      "(ranges, distinct values) and file size.")
     p.add_argument("zoo", help="zoo file (.h5)")
-    p.add_argument("--json", action="store_true", help="print as JSON")
+    add_output_flags(p, "print as JSON")
     p.set_defaults(func=cmd_info)
 
     p = verbs.add_parser("verify", help="check every row's checksum; name the bad rows",
                          description="Read every row, compare it with its stored CRC-32 and "
                                      "check column lengths. Exit status 1 when anything is bad.")
     p.add_argument("zoo", help="zoo file (.h5)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_output_flags(p, "print the report as JSON", quiet_help="no progress bar")
     p.set_defaults(func=cmd_verify)
+
+
+def _add_merge_and_export(verbs: argparse._SubParsersAction) -> None:
+    from weightspace.io import SAVE_SUFFIXES
 
     p = verbs.add_parser("merge", help="join zoos (e.g. build shards) into one",
                          description="Join zoos into a new file. Identical rows found in several "
@@ -180,8 +196,7 @@ def add_zoo_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="ZOO", help="input zoo files")
     p.add_argument("-o", "--output", required=True, help="merged zoo file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_output_flags(p, "print a JSON summary", quiet_help="no progress bar")
     p.set_defaults(func=cmd_merge)
 
     p = verbs.add_parser("export", help="write zoo rows as checkpoint files",
@@ -193,26 +208,25 @@ def add_zoo_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--group", default=None, help="only this group")
     p.add_argument("--last-checkpoint", action="store_true",
                    help="only the last checkpoint of each run")
-    p.add_argument("--format", default=".safetensors", choices=[".safetensors", ".pt"],
+    p.add_argument("--format", default=".safetensors", choices=list(SAVE_SUFFIXES),
                    help="checkpoint file format (default .safetensors)")
-    p.add_argument("--json", action="store_true", help="print the written files as JSON")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_output_flags(p, "print the written files as JSON", quiet_help="no progress bar")
     p.set_defaults(func=cmd_export)
 
+
+def _add_import(verbs: argparse._SubParsersAction) -> None:
+    from weightspace.zoo.importers import IMPORT_FORMATS
+
+    formats = "; ".join(f"{name} ({IMPORT_FORMATS[name].description})" for name in IMPORT_FORMATS)
     p = verbs.add_parser("import", help="convert a published zoo to our format",
-                         description="Import a published zoo: small-cnn-zoo (weights.npy, "
-                                     "layout.csv, metrics.csv.gz), inr-folder (DWSNets/NFN "
-                                     "per-INR .pth files and splits JSON), cnn-wild-park "
-                                     "(*/checkpoint.pt), model-zoos (Ray Tune trial folders). "
-                                     "Pickled files are read with torch.load(weights_only=True): "
-                                     "an import never runs code from the files.")
-    p.add_argument("format", choices=["small-cnn-zoo", "inr-folder", "cnn-wild-park",
-                                      "model-zoos"], help="the published format")
+                         description=f"Import a published zoo: {formats}. Pickled files are "
+                                     f"read with torch.load(weights_only=True): an import never "
+                                     f"runs code from the files.")
+    p.add_argument("format", choices=list(IMPORT_FORMATS), help="the published format")
     p.add_argument("path", help="the published zoo's folder")
     p.add_argument("-o", "--output", required=True, help="zoo file to write (.h5)")
     p.add_argument("--on-error", default="raise", choices=["raise", "skip"],
                    help="a broken file in the folder: stop (default) or skip it with a warning")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_output_flags(p, "print a JSON summary", quiet_help="no progress bar")
     p.set_defaults(func=cmd_import)

@@ -1,0 +1,87 @@
+"""The parser: every verb's ``--help``, choices read from the registries, and
+the parameter-to-flag table against the flags that exist."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from weightspace.cli import build_parser, main
+from weightspace.cli._common import PARAMETER_FLAGS
+
+
+def _verbs(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):
+    """``(words, parser)`` of every verb, ``zoo build`` … included."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _verbs(sub, (*prefix, name)) if any(
+                    isinstance(a, argparse._SubParsersAction) for a in sub._actions) else [
+                    ((*prefix, name), sub)]
+
+
+VERBS = [words for words, _ in _verbs(build_parser())]
+
+
+def _action(words: tuple[str, ...], flag: str) -> argparse.Action:
+    parser = dict(_verbs(build_parser()))[words]
+    return next(a for a in parser._actions if flag in a.option_strings or a.dest == flag)
+
+
+def test_the_verbs_are_all_there():
+    assert {" ".join(v) for v in VERBS} == {
+        "inspect", "convert", "demo", "align", "merge", "interpolate", "prune", "train-pruner",
+        "train", "zoo build", "zoo info", "zoo verify", "zoo merge", "zoo export", "zoo import"}
+
+
+@pytest.mark.parametrize("words", VERBS, ids=" ".join)
+def test_every_verb_help_exits_0(words, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([*words, "--help"])
+    assert info.value.code == 0
+    assert f"usage: weightspace {' '.join(words)}" in capsys.readouterr().out
+
+
+def test_help_as_a_process():
+    out = subprocess.run([sys.executable, "-m", "weightspace", "zoo", "import", "--help"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "usage: weightspace zoo import" in out.stdout
+
+
+def test_choices_come_from_the_registries():
+    from weightspace.merge import MERGE_METHODS
+    from weightspace.jobs.prune import PRUNE_METHODS
+    from weightspace.merge.config import ALIGN_METHODS, NO_ALIGNMENT
+    from weightspace.nn.registry import METANETWORKS
+    from weightspace.prune.meta import MODES
+    from weightspace.train import TASKS
+    from weightspace.zoo.importers import IMPORT_FORMATS
+    from weightspace.zoo.recipes import SIZES
+
+    expected = {
+        (("merge",), "--method"): list(MERGE_METHODS),
+        (("merge",), "--align"): [*ALIGN_METHODS, NO_ALIGNMENT],
+        (("align",), "--method"): list(ALIGN_METHODS),
+        (("train",), "--model"): list(METANETWORKS),
+        (("train",), "--task"): list(TASKS),
+        (("prune",), "--method"): list(PRUNE_METHODS),
+        (("train-pruner",), "--mode"): list(MODES),
+        (("zoo", "import"), "format"): list(IMPORT_FORMATS),
+        (("zoo", "build"), "--size"): list(SIZES),
+        (("demo",), "--size"): list(SIZES),
+    }
+    for (words, flag), names in expected.items():
+        assert list(_action(words, flag).choices) == names, (words, flag)
+
+
+def test_every_flag_of_the_table_exists():
+    spelled = set()
+    for _, parser in _verbs(build_parser()):
+        for action in parser._actions:
+            spelled.update(action.option_strings)
+            if not action.option_strings and action.metavar:
+                spelled.add(action.metavar)
+    assert set(PARAMETER_FLAGS.values()) - spelled == set()
