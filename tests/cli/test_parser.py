@@ -52,8 +52,8 @@ def test_help_as_a_process():
 
 
 def test_choices_come_from_the_registries():
-    from weightspace.merge import MERGE_METHODS
     from weightspace.jobs.prune import PRUNE_METHODS
+    from weightspace.merge import MERGE_METHODS
     from weightspace.merge.config import ALIGN_METHODS, NO_ALIGNMENT
     from weightspace.nn.registry import METANETWORKS
     from weightspace.prune.meta import MODES

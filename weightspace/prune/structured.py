@@ -67,12 +67,6 @@ def prunable_spaces(spec: WeightSpaceSpec) -> tuple[str, ...]:
     return tuple(s.name for s in spec.permutable_spaces if s.permutation_blocks == 1)
 
 
-# The old spelling, kept only because prune/meta.py (split on another branch of
-# issue 18, not edited here) still imports it; not exported. Remove once meta
-# imports prunable_spaces.
-pruneable_spaces = prunable_spaces
-
-
 def _check_spaces(spec: WeightSpaceSpec, spaces: Iterable[str]) -> tuple[str, ...]:
     allowed = set(prunable_spaces(spec))
     spaces = tuple(spaces)

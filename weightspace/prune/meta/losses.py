@@ -36,7 +36,7 @@ def output_logits(model: nn.Module, spec: WeightSpaceSpec, params: Tensor, input
 
 def group_lasso(spec: WeightSpaceSpec, params: Tensor, alpha: float = 0.0) -> Tensor:
     """The group-sparsity penalty of each network: the sum over every
-    pruneable space of its neurons' group-L2 norms
+    prunable space of its neurons' group-L2 norms
     (:func:`~weightspace.prune.group_norms`), differentiable.
 
     With ``alpha > 0`` each norm is weighted as in DepGraph's sparse training

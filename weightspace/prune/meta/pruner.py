@@ -123,7 +123,7 @@ class MetaPruner(nn.Module):
                 nn.init.zeros_(self.gate[-1].weight)
                 nn.init.zeros_(self.gate[-1].bias)
                 del self.gmn.decoder  # the gate replaces the per-weight decoder
-        # graph nodes of every pruneable space, [layers on the space, size]
+        # graph nodes of every prunable space, [layers on the space, size]
         self._gate_nodes = {
             space: torch.stack([torch.arange(layer.size) + self.template.layer_offsets[layer.name]
                                 for layer in spec.layers if layer.space == space])
