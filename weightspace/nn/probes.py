@@ -41,24 +41,24 @@ def check_linear_chain(spec: WeightSpaceSpec) -> None:
     to a layer are fine)."""
     layers = spec.layers
     if not layers or layers[0].op != "input" or len(spec.input_layers) != 1:
-        raise ValueError("probe features need exactly one input layer, first in the spec")
+        raise WeightspaceError("probe features need exactly one input layer, first in the spec")
     if len(layers) < 2:
-        raise ValueError("probe features need at least one linear layer")
+        raise WeightspaceError("probe features need at least one linear layer")
     for previous, layer in zip(layers[:-1], layers[1:], strict=True):
         inputs = layer.inputs
         if (layer.op != "linear" or len(inputs) != 1 or inputs[0].kind != "weight"
                 or inputs[0].source != previous.name):
             fed = ", ".join(f"{i.kind} from {i.source!r}" for i in inputs) or "nothing"
-            raise ValueError(
+            raise WeightspaceError(
                 f"probe features support chains of linear layers (MLPs, SIRENs) only; layer "
                 f"{layer.name!r} is a {layer.op!r} layer fed by {fed}, not a linear layer fed by "
                 f"{previous.name!r}")
         expected = "output" if layer is layers[-1] else "hidden"
         if layer.role != expected:
-            raise ValueError(f"probe features need a chain whose last layer is the only output; "
+            raise WeightspaceError(f"probe features need a chain whose last layer is the only output; "
                              f"layer {layer.name!r} has role {layer.role!r}")
     if len(spec.input_shape) != 1:
-        raise ValueError(f"probe features need a vector input (an MLP/SIREN); the architecture's "
+        raise WeightspaceError(f"probe features need a vector input (an MLP/SIREN); the architecture's "
                          f"input has shape {list(spec.input_shape)}")
 
 
@@ -74,7 +74,7 @@ def _initial_probes(num_probes: int, in_features: int, init: str,
         grid = torch.cartesian_prod(*axes).reshape(-1, in_features)
         pick = torch.linspace(0, grid.shape[0] - 1, num_probes).round().long()
         return grid[pick].clone()
-    raise ValueError(f"init={init!r} is not supported; choose one of {list(PROBE_INITS)}")
+    raise WeightspaceError(f"init={init!r} is not supported; choose one of {list(PROBE_INITS)}")
 
 
 class ProbeFeatures(nn.Module):
@@ -137,7 +137,7 @@ class ProbeFeatures(nn.Module):
             raise TypeError(f"expected a GraphTemplate, got {type(template).__name__}; "
                             "make one with GraphTemplate.for_spec(spec)")
         if num_probes < 1:
-            raise ValueError(f"num_probes must be at least 1, got {num_probes}")
+            raise WeightspaceError(f"num_probes must be at least 1, got {num_probes}")
         spec = template.spec
         check_linear_chain(spec)
         self.template = template
@@ -147,7 +147,7 @@ class ProbeFeatures(nn.Module):
         names = set(dict(network.named_parameters())) | set(dict(network.named_buffers()))
         missing = [p.name for p in spec.parameters if p.name not in names]
         if missing:
-            raise ValueError(f"network has no entry {missing[0]!r} of the template's architecture; "
+            raise WeightspaceError(f"network has no entry {missing[0]!r} of the template's architecture; "
                              "pass an instance of the architecture the template was traced from")
         # the hidden layers' values as the next linear layers receive them
         self._sites = [site for site in activation_sites(network, spec, place="consumer_input")
@@ -203,7 +203,7 @@ class ProbeFeatures(nn.Module):
             _, out = self._run(state, torch.zeros(2, self.in_features, dtype=dtype))
         out_size = self.spec.layers[-1].size
         if not isinstance(out, Tensor) or tuple(out.shape) != (2, out_size):
-            raise ValueError(f"the network should return one tensor [num_probes, {out_size}] on "
+            raise WeightspaceError(f"the network should return one tensor [num_probes, {out_size}] on "
                              f"[num_probes, {self.in_features}] coordinates, got "
                              f"{list(out.shape) if isinstance(out, Tensor) else type(out).__name__}")
 
@@ -244,7 +244,7 @@ def with_probe_features(batch: Data, probes: Tensor | ProbeFeatures) -> Data:
     """
     features = probes(batch) if isinstance(probes, ProbeFeatures) else probes
     if features.dim() != 2 or features.shape[0] != batch.x.shape[0]:
-        raise ValueError(f"probe features have shape {list(features.shape)}, expected "
+        raise WeightspaceError(f"probe features have shape {list(features.shape)}, expected "
                          f"[{batch.x.shape[0]}, K] (one row per node of the batch)")
     out = copy.copy(batch)
     out.x = torch.cat([batch.x, features.to(batch.x.dtype)], dim=1)
@@ -262,7 +262,7 @@ def optional_probe_features(template: GraphTemplate, probes: int, network: nn.Mo
     if not probes:
         return None
     if network is None:
-        raise ValueError(f"{model}(probes=...) needs network=, an instance of the input networks' "
+        raise WeightspaceError(f"{model}(probes=...) needs network=, an instance of the input networks' "
                          "architecture to run the probes through (e.g. zoo.group(name).model_def.build())")
     return ProbeFeatures(template, probes, network=network)
 
