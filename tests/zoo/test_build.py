@@ -89,5 +89,6 @@ def test_refuses_to_mix_zoos(reference, tmp_path):
 def test_parse_shard():
     assert parse_shard("1/4") == (1, 4)
     for bad in ("4/4", "x", "1/0", "-1/2"):
-        with pytest.raises(ZooError, match="--shard"):
+        with pytest.raises(ZooError, match="shard") as caught:
             parse_shard(bad)
+        assert caught.value.parameter == "shard"

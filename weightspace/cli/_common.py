@@ -93,6 +93,7 @@ PARAMETER_FLAGS: dict[str, str] = {
     "method": "--method",
     "min_accuracy": "--min-accuracy",
     "mode": "--mode",
+    "model": "--model",
     "model_args": "--model-args",
     "num_layers": "--layers",
     "on_error": "--on-error",

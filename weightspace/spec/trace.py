@@ -107,8 +107,8 @@ def trace(module: nn.Module, example_input: Tensor | Sequence[int]) -> WeightSpa
                 raise TraceError(
                     f"running {type(module).__name__} on an example input of shape "
                     f"{list(x.shape)} failed: {str(err).splitlines()[0] if str(err) else err!r}; "
-                    f"is --input-shape right (batch axis first)?"
-                ) from err
+                    f"is the example input's shape right (batch axis first)?",
+                    parameter="input_shape") from err
             ShapeProp(gm).propagate(x)
     finally:
         for m, mode in modes.items():

@@ -66,9 +66,10 @@ def parse_shard(text: str) -> tuple[int, int]:
     try:
         index, count = (int(part) for part in text.split("/"))
     except ValueError:
-        raise ZooError(f"--shard must look like i/n (for example 0/4), got {text!r}") from None
+        raise ZooError(f"shard must look like i/n (for example 0/4), got {text!r}",
+                       parameter="shard") from None
     if count < 1 or not 0 <= index < count:
-        raise ZooError(f"--shard {text!r}: need 0 <= i < n")
+        raise ZooError(f"shard {text!r}: need 0 <= i < n", parameter="shard")
     return index, count
 
 

@@ -41,7 +41,8 @@ def import_zoo(format: str, path: str | os.PathLike[str], output: str | os.PathL
 
     output = Path(output)
     if output.exists() and not overwrite:
-        raise ZooError(f"{output} exists; pass --overwrite to replace it")
+        raise ZooError(f"{output} exists; pass overwrite=True to replace it",
+                       parameter="overwrite")
     groups: set[str] = set()
     rows = 0
     with atomic_output_path(output) as temporary:
