@@ -31,7 +31,8 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     except RuntimeError as exc:
         raise WeightspaceError(f"device {name!r} is not a device name (auto, cpu, cuda, cuda:1 ...)") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise WeightspaceError(f"device {name!r} was asked for but CUDA is not available; use --device auto")
+        raise WeightspaceError(f"device {name!r} was asked for but CUDA is not available; use "
+                               f"device 'auto'", parameter="device")
     return device
 
 

@@ -131,7 +131,7 @@ def build_zoo(
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     if workers < 1:
-        raise ZooError(f"--workers must be at least 1, got {workers}")
+        raise ZooError(f"workers must be at least 1, got {workers}", parameter="workers")
     index, count = shard
     output = Path(output)
     data_name = str(Path(data).resolve()) if data is not None else "digits"

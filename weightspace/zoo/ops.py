@@ -227,7 +227,8 @@ def merge_zoos(inputs: Sequence[str | os.PathLike[str]], output: str | os.PathLi
         raise ZooError("zoo merge needs at least one input zoo")
     output = Path(output)
     if output.exists() and not overwrite:
-        raise ZooError(f"{output} exists; pass overwrite=True (--overwrite) to replace it")
+        raise ZooError(f"{output} exists; pass overwrite=True to replace it",
+                       parameter="overwrite")
     for path in inputs:
         if Path(path).resolve() == output.resolve():
             raise ZooError(f"{output} is both an input and the output of the merge")
