@@ -4,6 +4,7 @@ the parameter-to-flag table against the flags that exist."""
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 
@@ -85,3 +86,39 @@ def test_every_flag_of_the_table_exists():
             if not action.option_strings and action.metavar:
                 spelled.add(action.metavar)
     assert set(PARAMETER_FLAGS.values()) - spelled == set()
+
+
+def test_every_option_of_every_verb_has_help_text():
+    parser = build_parser()
+    missing = [f"{' '.join(words)} {action.option_strings[0]}"
+               for words, verb in [((), parser), *_verbs(parser)]
+               for action in verb._actions
+               if action.option_strings and not (action.help or "").strip()]
+    assert not missing, missing
+
+
+def test_help_shows_each_default_once_and_no_none(capsys):
+    with pytest.raises(SystemExit):
+        main(["merge", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default average)" in text and "(default weight)" in text
+    assert "(default None)" not in text and "(default False)" not in text
+    with pytest.raises(SystemExit):
+        main(["prune", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    # prune's flags are generated (their help names the default already)
+    assert "(default None)" not in text and "(default " in text
+    assert not re.search(r"\(default [^)]*\)\s*\(default", text)
+
+
+def test_version_and_verbose_after_the_verb(capsys):
+    from weightspace import __version__
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"weightspace {__version__}"
+    parser = build_parser()
+    assert parser.parse_args(["-v", "zoo", "info", "z.h5"]).verbose
+    assert parser.parse_args(["zoo", "info", "z.h5", "-v"]).verbose
+    assert not parser.parse_args(["zoo", "info", "z.h5"]).verbose
+    assert parser.parse_args(["align", "a", "b", "--model", "mlp", "-o", "c", "-v"]).verbose

@@ -101,14 +101,41 @@ def test_merge_task_methods_and_config(checkpoints, tmp_path, capsys):
     copied = yaml.safe_load(Path(f"{output}.yaml").read_text())
     assert copied["merge_method"] == "ties" and copied["parameters"]["density"] == 0.3
 
+    # a flag the config sets is refused, not silently ignored
+    capsys.readouterr()
+    refused = tmp_path / "refused.safetensors"
+    assert main(["merge", "--config", str(config), "--method", "average",
+                 "-o", str(refused)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--method" in err and "merge_method" in err
+    assert not refused.exists()
+
+    # --model fills in a missing architecture:, and is refused beside one
+    data = yaml.safe_load(config.read_text())
+    del data["architecture"]
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(yaml.safe_dump(data))
+    filled = tmp_path / "filled.safetensors"
+    assert main(["merge", "--config", str(bare), "--model", "mlp", "--model-args",
+                 '{"hidden": [32, 32]}', "-o", str(filled)]) == 0
+    assert filled.exists()
+    assert yaml.safe_load(Path(f"{filled}.yaml").read_text())["architecture"]["model"] == "mlp"
+    assert main(["merge", "--config", str(config), "--model", "mlp", "-o", str(refused)]) == 1
+    assert "--model" in capsys.readouterr().err and not refused.exists()
+
 
 def test_interpolate_writes_plot_and_json(checkpoints, tmp_path, capsys):
     plot, report = tmp_path / "barrier.png", tmp_path / "barrier.json"
     assert main(["interpolate", str(checkpoints[0]), str(checkpoints[1]), *ARGS, "--steps", "5",
-                 "--plot", str(plot), "--json", str(report)]) == 0
-    assert "weight matching" in capsys.readouterr().out
+                 "--plot", str(plot), "--json-out", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "weight matching" in out
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads(report.read_text())
+    # the text gives the accuracy barrier in points; the JSON keeps the fraction
+    naive_line = next(line for line in out.splitlines() if line.startswith("naive"))
+    points = float(naive_line.split("accuracy barrier")[1].split("points")[0])
+    assert points == pytest.approx(100 * data["barriers"]["naive"]["accuracy_barrier"], abs=0.06)
     assert [p["lam"] for p in data["paths"]["naive"]] == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert data["barriers"]["weight matching"]["loss_barrier"] < \
         data["barriers"]["naive"]["loss_barrier"]
@@ -117,6 +144,12 @@ def test_interpolate_writes_plot_and_json(checkpoints, tmp_path, capsys):
     split = load_split("digits", (1, 64))
     loss, _ = evaluate(model, split.x_test, split.y_test, state)
     assert data["paths"]["naive"][0]["loss"] == pytest.approx(loss, rel=1e-6)
+    # --json prints the report on stdout, as every verb's --json does
+    assert main(["interpolate", str(checkpoints[0]), str(checkpoints[1]), *ARGS, "--steps", "3",
+                 "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert set(printed["barriers"]) == {"naive", "weight matching", "activation matching"}
+    assert all(0 <= b["accuracy_barrier"] <= 1 for b in printed["barriers"].values())
 
 
 def test_bad_input_one_line_error_and_no_output(checkpoints, tmp_path, capsys):

@@ -19,6 +19,10 @@ What they share (model arguments, the model and its spec built once,
 progress, JSON, the parameter-to-flag table and the one error path) is in
 :mod:`weightspace.cli._common`. Bad input ends a verb with one line on stderr
 and exit status :data:`EXIT_BAD_INPUT`; argparse's usage errors exit with 2.
+
+Every parser shows each option's default in ``--help``
+(:class:`~weightspace.cli._common.HelpFormatter`), and ``-v/--verbose`` works
+before the verb and after it (``weightspace align ... -v``).
 """
 
 from __future__ import annotations
@@ -26,8 +30,16 @@ from __future__ import annotations
 import argparse
 import logging
 
+from weightspace import __version__
 from weightspace.cli import align, demo, inspect, prune, train, zoo
-from weightspace.cli._common import EXIT_BAD_INPUT, CLIError, run_verb, verb_flags
+from weightspace.cli._common import (
+    EXIT_BAD_INPUT,
+    CLIError,
+    HelpFormatter,
+    add_verbose_flag,
+    run_verb,
+    verb_flags,
+)
 
 #: Verb groups in the order ``weightspace --help`` lists them.
 _VERB_GROUPS = (inspect, demo, align, prune, zoo, train)
@@ -38,8 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="weightspace",
         description="Neural networks as data: weight-space specs, parameter graphs, symmetries.",
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
+    parser.add_argument("--version", action="version", version=f"weightspace {__version__}",
+                        help="print the version and exit")
+    add_verbose_flag(parser, top_level=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for group in _VERB_GROUPS:
         group.add_parsers(sub)
@@ -49,13 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _set_verb_flags(parser: argparse.ArgumentParser) -> None:
     """Give every verb (``zoo build`` … included) its own flags as
-    ``args.verb_flags``, so an error line names only a flag the verb has."""
+    ``args.verb_flags``, so an error line names only a flag the verb has;
+    give every parser the defaults-showing help and every verb ``-v``."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for verb in action.choices.values():
+                # argparse does not pass formatter_class on to subparsers
+                verb.formatter_class = HelpFormatter
                 if any(isinstance(a, argparse._SubParsersAction) for a in verb._actions):
                     _set_verb_flags(verb)  # a verb group (zoo): its verbs have the flags
                 else:
+                    add_verbose_flag(verb)
                     verb.set_defaults(verb_flags=verb_flags(verb))
 
 

@@ -8,7 +8,9 @@
 * :data:`PARAMETER_FLAGS`, the one table from library parameter names to
   flags, and :func:`run_verb`, the one place where an error becomes a line;
 * :func:`add_options` / :func:`options_from_args`: flags generated from a
-  frozen options dataclass, as mergekit does with ``MergeOptions``.
+  frozen options dataclass, as mergekit does with ``MergeOptions``;
+* :class:`HelpFormatter`, which shows every option's default in ``--help``,
+  and :func:`add_verbose_flag` (``-v`` before or after the verb).
 
 Errors
 ------
@@ -85,7 +87,7 @@ PARAMETER_FLAGS: dict[str, str] = {
     "hidden": "--hidden",
     "importance": "--importance",
     "input_shape": "--input-shape",
-    "json_path": "--json",
+    "json_path": "--json-out",
     "last_checkpoint": "--last-checkpoint",
     "latency_batch": "--latency-batch",
     "lr": "--lr",
@@ -259,6 +261,38 @@ def print_json(value: Any, default: Callable[[Any], Any] | None = None) -> None:
     print(json.dumps(value, indent=2, default=default))
 
 
+# ------------------------------------------------------------------ help
+class HelpFormatter(argparse.HelpFormatter):
+    """``--help`` that ends an option's help with ``(default X)``.
+
+    Unlike :class:`argparse.ArgumentDefaultsHelpFormatter` it says nothing of
+    an option without a default (``None``, an off switch, an empty list), and
+    nothing twice where the help already names its default (the flags
+    :func:`add_options` generates, or a text such as "default: from the
+    config").
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or default in (None, False, argparse.SUPPRESS)
+                or default == [] or "default" in text or "%(default)" in text):
+            return action.help
+        return f"{text} (default %(default)s)"
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser, top_level: bool = False) -> None:
+    """``-v/--verbose`` on the top-level parser and on every verb.
+
+    A verb's flag defaults to :data:`argparse.SUPPRESS`, so a verb without
+    ``-v`` keeps the top level's value: ``weightspace -v align ...`` and
+    ``weightspace align ... -v`` both log.
+    """
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        default=False if top_level else argparse.SUPPRESS,
+                        help="log progress messages")
+
+
 # ------------------------------------------------------------------ options dataclasses
 _SCALARS = (bool, float, int, str)
 
@@ -380,10 +414,12 @@ __all__ = [
     "EXIT_BAD_INPUT",
     "PARAMETER_FLAGS",
     "CLIError",
+    "HelpFormatter",
     "ModelAndSpec",
     "add_model_arguments",
     "add_options",
     "add_output_flags",
+    "add_verbose_flag",
     "error_line",
     "model_and_spec",
     "options_from_args",

@@ -43,10 +43,58 @@ def cmd_align(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Flags that choose what ``merge`` does, with the config field that sets the
+#: same (the config sets every one of them, explicitly or by its default).
+_MERGE_SETTING_FLAGS = {"method": ("--method", "merge_method"), "base": ("--base", "base_model"),
+                        "weights": ("--weights", "models[].parameters.weight"),
+                        "density": ("--density", "parameters.density"),
+                        "scaling": ("--scaling", "parameters.lambda"),
+                        "align": ("--align", "align"), "repair": ("--repair", "repair"),
+                        "data": ("--data", "data")}
+#: What ``merge`` does with no flag and no config.
+_MERGE_DEFAULTS = {"method": "average", "align": "weight"}
+
+
+def _config_with_flags(args: argparse.Namespace) -> Any:
+    """The ``--config`` merge config; ``--model`` fills in a missing ``architecture:``.
+
+    Raises:
+        CLIError: checkpoints or a setting flag beside ``--config`` (the config
+            sets them all, so the flag would be ignored), or ``--model``
+            beside a config that names its architecture.
+    """
+    import dataclasses
+
+    from weightspace.merge import load_merge_config
+    from weightspace.merge.config import ArchitectureConfig
+    from weightspace.models.resolve import parse_input_shape, parse_model_args
+
+    if args.checkpoints:
+        raise CLIError("give checkpoints on the command line or --config, not both")
+    for dest, (flag, field_name) in _MERGE_SETTING_FLAGS.items():
+        if getattr(args, dest) not in (None, False):
+            raise CLIError(f"{flag} is not used beside --config: set {field_name} in "
+                           f"{args.config} instead, or drop --config")
+    config = load_merge_config(args.config)
+    if args.model is None:
+        if args.model_args or args.input_shape:
+            raise CLIError("--model-args and --input-shape go with --model")
+        return config
+    if config.architecture is not None:
+        raise CLIError(f"--model is not used: {args.config} sets architecture "
+                       f"({config.architecture.model!r}); drop --model or that field")
+    shape = parse_input_shape(args.input_shape) if args.input_shape else None
+    architecture = ArchitectureConfig(args.model, parse_model_args(args.model_args), shape)
+    return dataclasses.replace(config, architecture=architecture)
+
+
 def _merge_from_flags(args: argparse.Namespace) -> tuple[list[str], ModelAndSpec, dict[str, Any]]:
     """Checkpoints, model + spec and settings of the flags."""
     if not args.model:
         raise CLIError("--model is required (or use --config merge.yaml)")
+    for dest, default in _MERGE_DEFAULTS.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, default)
     parameters = {k: v for k, v in (("density", args.density), ("scaling", args.scaling))
                   if v is not None}
     if args.method == "dare":
@@ -60,9 +108,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if args.config:
         from weightspace.jobs.merge import merge_from_config
 
-        if args.checkpoints:
-            raise CLIError("give checkpoints on the command line or --config, not both")
-        report = merge_from_config(args.config, args.output, seed=args.seed)
+        report = merge_from_config(_config_with_flags(args), args.output, seed=args.seed)
     else:
         from weightspace.jobs.merge import merge_checkpoints
 
@@ -85,10 +131,14 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     built = model_and_spec(args)
     report = interpolate_checkpoints(args.a, args.b, built.module, built.spec, data=args.data,
                                      steps=args.steps, seed=args.seed, plot=args.plot,
-                                     json_path=args.json_path, repair=args.repair)
+                                     json_path=args.json_out, repair=args.repair)
+    if args.json:
+        print_json(report)
+        return 0
     for name, values in report.barriers.items():
+        # points (percentage points of accuracy), as the plot and the demo say
         print(f"{name:<26} loss barrier {values['loss_barrier']:.4f}  accuracy barrier "
-              f"{values['accuracy_barrier']:.4f}")
+              f"{100 * values['accuracy_barrier']:.1f} points")
     for written in (report.plot, report.json):
         if written is not None:
             print(f"wrote {written}")
@@ -121,15 +171,19 @@ def _add_merge(sub: argparse._SubParsersAction, align_methods: list[str],
                                    "frame (--align weight, the default). With --data, "
                                    "BatchNorm statistics are re-estimated and every model is "
                                    "scored. `--config merge.yaml` reads a mergekit-style config "
-                                   "and copies it beside the output.")
+                                   "and copies it beside the output; the config sets the "
+                                   "method and its settings (their flags are refused beside "
+                                   "it), --model fills in a missing architecture:.")
     p.add_argument("checkpoints", nargs="*", metavar="CHECKPOINT", help="models to merge")
     add_model_arguments(p, required=False)
     p.add_argument("-o", "--output", required=True, help="merged checkpoint")
     p.add_argument("--config", default=None, help="mergekit-style YAML (models, merge_method, "
                                                   "base_model, parameters, architecture ...)")
-    p.add_argument("--align", default="weight", choices=align_methods,
-                   help="bring the models into one frame first (activation needs --data)")
-    p.add_argument("--method", default="average", choices=merge_methods)
+    p.add_argument("--align", default=None, choices=align_methods,
+                   help="bring the models into one frame first (activation needs --data) "
+                        f"(default {_MERGE_DEFAULTS['align']})")
+    p.add_argument("--method", default=None, choices=merge_methods,
+                   help=f"how to merge (default {_MERGE_DEFAULTS['method']})")
     p.add_argument("--base", default=None, help="base model of task vectors (task-arith, "
                                                 "ties, dare)")
     p.add_argument("--weights", type=float, nargs="+", default=None,
@@ -139,7 +193,8 @@ def _add_merge(sub: argparse._SubParsersAction, align_methods: list[str],
     p.add_argument("--repair", action="store_true", help="REPAIR the merged model (two models, "
                                                          "average, needs --data)")
     p.add_argument("--data", default=None, help="digits or file.npz: BN reset, REPAIR, scores")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="order of the matching sweeps (and "
+                                                         "dare's random drops)")
     add_output_flags(p, "print the report as JSON")
     p.set_defaults(func=cmd_merge)
 
@@ -149,18 +204,21 @@ def _add_interpolate(sub: argparse._SubParsersAction) -> None:
                                            "aligned",
                        description="Evaluate the linear path between A and B (25 points), naive, "
                                    "after weight matching and after activation matching, with "
-                                   "BatchNorm reset when the model has BatchNorm; write a plot "
-                                   "and JSON.")
-    p.add_argument("a")
-    p.add_argument("b")
+                                   "BatchNorm reset when the model has BatchNorm; print each "
+                                   "path's loss barrier and accuracy barrier (in points), and "
+                                   "write a plot and JSON.")
+    p.add_argument("a", help="checkpoint A (the path's start)")
+    p.add_argument("b", help="checkpoint B (the path's end)")
     add_model_arguments(p)
-    p.add_argument("--data", default="digits", help="digits (default) or file.npz")
-    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--data", default="digits", help="digits or file.npz")
+    p.add_argument("--steps", type=int, default=25, help="points on each path, ends included")
     p.add_argument("--repair", action="store_true", help="also the REPAIRed aligned path")
     p.add_argument("--plot", default=None, help="PNG to write")
-    p.add_argument("--json", dest="json_path", default=None, metavar="FILE",
+    p.add_argument("--json-out", default=None, metavar="FILE",
                    help="JSON file to write with the paths and barriers")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="order of the matching sweeps")
+    add_output_flags(p, "print the report (paths and barriers, accuracy barrier as a "
+                        "fraction) as JSON")
     p.set_defaults(func=cmd_interpolate)
 
 
