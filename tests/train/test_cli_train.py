@@ -78,6 +78,20 @@ def test_resume_flag(tiny_zoo, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["epochs_run"] == 2
 
 
+def test_an_earlier_run_is_not_replaced_without_resume(tiny_zoo, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--zoo", str(tiny_zoo), "--model", "statnn", "--out", str(out), "--json",
+            "--device", "cpu", "--epochs", "1", *SMALL]
+    assert main(args) == 0
+    capsys.readouterr()
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert str(out) in err and "--resume" in err and "--out" in err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
 def test_help(capsys):
     with pytest.raises(SystemExit) as info:
         main(["train", "--help"])

@@ -4,6 +4,7 @@ on real files for the main paths, in-process ``main()`` for the rest."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +88,22 @@ def test_merge_export_in_process(tmp_path, capsys):
                  "--format", ".pt"]) == 0
     assert sorted(p.name for p in (tmp_path / "out" / "mlp").iterdir()) == [
         "run001__epoch0.pt", "run002__epoch0.pt"]
+
+
+def test_export_pt_warns_once_for_all_files(tmp_path, capsys, caplog):
+    zoo_path = tmp_path / "z.h5"
+    with ZooWriter(zoo_path) as writer:
+        writer.extend(mlp_row(i) for i in range(4))
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING):
+        assert main(["zoo", "export", str(zoo_path), "-o", str(out), "--format", ".pt"]) == 0
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(list((out / "mlp").iterdir())) == 4
+    assert len(warnings) == 1 and "index.json" in warnings[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main(["zoo", "export", str(zoo_path), "-o", str(tmp_path / "st")]) == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_import_inr_folder_atomic_and_skip(tmp_path, capsys):

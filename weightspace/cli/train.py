@@ -12,11 +12,27 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from weightspace.cli._common import CLIError, add_output_flags, print_json, show_progress
 
 #: Flags that set a field of the training config of the same name.
 _CONFIG_FLAGS = ("zoo", "model", "task", "target", "out", "device", "epochs", "seed")
+#: The files of a run (see :mod:`weightspace.train.trainer`): a folder with
+#: any of them holds an earlier run.
+_RUN_FILES = ("config.yaml", "log.csv", "checkpoint.pt", "best.pt", "metrics.json")
+
+
+def _refuse_earlier_run(out: str | os.PathLike[str], resume: bool) -> None:
+    """Refuse to train over an earlier run in ``out`` unless resuming.
+
+    Every rank checks before any writes (a run writes only once the process
+    group has formed), so under ``torchrun`` all ranks refuse together.
+    """
+    found = [name for name in _RUN_FILES if (Path(out) / name).exists()]
+    if found and not resume:
+        raise CLIError(f"{out} already holds a run ({', '.join(found)}): give --resume to "
+                       f"continue it, or another --out for a new run")
 
 
 def _is_main_process() -> bool:
@@ -33,6 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides=args.overrides, **values)
     if not config.zoo:
         raise CLIError("no zoo: give --zoo FILE.h5 or zoo: in the config")
+    _refuse_earlier_run(config.out, config.resume)
     result = train_metanetwork(config)
     if not _is_main_process():
         return 0
@@ -73,6 +90,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed of model, split and augmentation")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument("--out", default=None, help="output directory (default runs/metanet)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (an "
+                                                         "OUT that holds a run is refused "
+                                                         "without it)")
     add_output_flags(p, "print the result as JSON", quiet_help="no progress bars")
     p.set_defaults(func=cmd_train)

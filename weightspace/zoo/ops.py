@@ -309,6 +309,10 @@ def export_zoo(path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     out_dir = Path(out_dir)
     written: list[Path] = []
     entries = []
+    keep_metadata = suffix == ".safetensors"
+    if not keep_metadata:  # one warning for the export, not one per file
+        logger.warning("%s files hold no metadata: key, group, model and metadata of every "
+                       "row are in %s only", suffix, out_dir / "index.json")
     with Zoo(path) as zoo:
         indices = zoo._indices(index)
         names: set[Path] = set()
@@ -326,7 +330,7 @@ def export_zoo(path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                         "weightspace.model": row.model.to_json(),
                         "weightspace.metadata": json.dumps(dict(row.metadata),
                                                            default=_json_default)}
-            save_state_dict(state, target, metadata=metadata)
+            save_state_dict(state, target, metadata=metadata if keep_metadata else None)
             written.append(target)
             entries.append({"file": str(target.relative_to(out_dir)), "key": row.key,
                             "group": row.group, "model": json.loads(row.model.to_json()),
