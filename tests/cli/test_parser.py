@@ -102,6 +102,7 @@ def test_help_shows_each_default_once_and_no_none(capsys):
         main(["merge", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(default average)" in text and "(default weight)" in text
+    assert "order of the matching sweeps (and dare's random drops) (default 0)" in text
     assert "(default None)" not in text and "(default False)" not in text
     with pytest.raises(SystemExit):
         main(["prune", "--help"])

@@ -275,8 +275,10 @@ class HelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
         default = action.default
-        if (not action.option_strings or default in (None, False, argparse.SUPPRESS)
-                or default == [] or "default" in text or "%(default)" in text):
+        # identity, not ==: 0 and 0.0 are defaults to show; False (an off switch) is not
+        nothing = default is None or default is False or default is argparse.SUPPRESS \
+            or (isinstance(default, list | tuple) and not default)
+        if not action.option_strings or nothing or "default" in text:
             return action.help
         return f"{text} (default %(default)s)"
 
