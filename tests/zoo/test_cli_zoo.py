@@ -13,6 +13,7 @@ import pytest
 
 from tests.zoo.zoo_helpers import make_zoo, mlp_row
 from weightspace.cli import main
+from weightspace.cli._common import EXIT_BAD_INPUT
 from weightspace.graph import load_graphs
 from weightspace.zoo import Zoo, ZooWriter
 
@@ -115,3 +116,72 @@ def test_import_inr_folder_atomic_and_skip(tmp_path, capsys):
                  "--on-error", "skip"]) == 0
     with Zoo(output) as zoo:
         assert len(zoo) == len(made) - 1
+
+
+def _write_small_cnn_zoo(root: Path) -> int:
+    from tests.zoo import fixtures
+
+    zoo = fixtures.write_small_cnn_zoo(root, [("run-a", "relu"), ("run-b", "tanh")], steps=(0, 86))
+    return len(zoo.rows)
+
+
+def _write_inr_folder(root: Path) -> int:
+    from tests.zoo import fixtures
+
+    return len(fixtures.write_dwsnets_inrs(root))
+
+
+def _write_cnn_wild_park(root: Path) -> int:
+    from tests.zoo import fixtures
+
+    return len(fixtures.write_cnn_wild_park(root))
+
+
+def _write_model_zoos(root: Path) -> int:
+    from tests.zoo import fixtures
+
+    return len(fixtures.write_model_zoos(root))
+
+
+#: A folder writer per import format: returns the number of rows it wrote.
+FOLDER_WRITERS = {"small-cnn-zoo": _write_small_cnn_zoo, "inr-folder": _write_inr_folder,
+                  "cnn-wild-park": _write_cnn_wild_park, "model-zoos": _write_model_zoos}
+
+
+def test_every_import_format_has_a_cli_test():
+    from weightspace.zoo.importers import IMPORT_FORMATS
+
+    assert sorted(FOLDER_WRITERS) == sorted(IMPORT_FORMATS)
+
+
+@pytest.mark.parametrize("format", sorted(FOLDER_WRITERS))
+def test_import_every_format_as_subprocess(format, tmp_path):
+    """The documented ``weightspace zoo import FORMAT DIR -o out.h5`` works for
+    every format (the CLI always passes ``--on-error``, a reader without that
+    option once made small-cnn-zoo fail every time)."""
+    source = tmp_path / "published"
+    rows = FOLDER_WRITERS[format](source)
+    output = tmp_path / "out.h5"
+    done = run("zoo", "import", format, str(source), "-o", str(output), "--json", "-q")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["rows"] == rows
+    with Zoo(output) as zoo:
+        assert len(zoo) == rows
+
+
+def test_import_skip_refused_where_there_is_nothing_to_skip(tmp_path, capsys):
+    from weightspace.zoo import ZooError
+    from weightspace.zoo.importing import import_zoo
+
+    source = tmp_path / "published"
+    rows = _write_small_cnn_zoo(source)
+    # The Python call fails the same way the CLI did, before the fix.
+    assert import_zoo("small-cnn-zoo", source, tmp_path / "a.h5")["rows"] == rows
+    with pytest.raises(ZooError) as caught:
+        import_zoo("small-cnn-zoo", source, tmp_path / "b.h5", on_error="skip")
+    assert caught.value.parameter == "on_error"
+    capsys.readouterr()
+    assert main(["zoo", "import", "small-cnn-zoo", str(source), "-o", str(tmp_path / "c.h5"),
+                 "--on-error", "skip"]) == EXIT_BAD_INPUT
+    assert "--on-error" in capsys.readouterr().err
+    assert not (tmp_path / "c.h5").exists()
