@@ -185,3 +185,25 @@ def test_import_skip_refused_where_there_is_nothing_to_skip(tmp_path, capsys):
                  "--on-error", "skip"]) == EXIT_BAD_INPUT
     assert "--on-error" in capsys.readouterr().err
     assert not (tmp_path / "c.h5").exists()
+
+
+def test_export_rows_count_within_the_group(zoo_path, tmp_path, capsys):
+    """``--group G --rows 0:3`` is G's first three rows (once: "row indices
+    must be integers, got float64", the global rows 0:3 being in another group)."""
+    out = tmp_path / "out"
+    assert main(["zoo", "export", str(zoo_path), "-o", str(out), "--group", "siren",
+                 "--rows", "0:3,-1", "--json"]) == 0
+    files = json.loads(capsys.readouterr().out)["files"]
+    with Zoo(zoo_path) as zoo:
+        siren = zoo.select(group="siren", finite=None)
+        keys = list(zoo.column("key", siren[[0, 1, 2, -1]]))
+    assert [Path(f).parent.name for f in files] == ["siren"] * 4
+    index = json.loads((out / "index.json").read_text())
+    assert sorted(str(entry["key"]) for entry in index) == sorted(str(k) for k in keys)
+    assert main(["zoo", "export", str(zoo_path), "-o", str(out), "--group", "siren",
+                 "--rows", "6"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "--rows" in err and "group 'siren' has 6 row(s)" in err
+    assert main(["zoo", "export", str(zoo_path), "-o", str(out), "--group", "siren",
+                 "--rows", "10:20"]) == EXIT_BAD_INPUT
+    assert "no row matches group 'siren'" in capsys.readouterr().err
