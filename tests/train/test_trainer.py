@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tests.train.conftest import SIREN_DEF, TINY_MODEL, siren_row, write_zoo
+from weightspace.errors import WeightspaceError
 from weightspace.train import (
     Trainer,
     TrainResult,
@@ -26,7 +27,6 @@ from weightspace.train import (
     split_rows,
     train_metanetwork,
 )
-from weightspace.errors import WeightspaceError
 from weightspace.zoo import Zoo
 
 OUTPUTS = ("config.yaml", "log.csv", "checkpoint.pt", "best.pt", "metrics.json")

@@ -140,7 +140,7 @@ def _count_runs(zoo: Zoo, rows: np.ndarray) -> int:
     if "run_id" not in zoo.columns:
         return len(rows)
     return len(set(zip(zoo.column("group", rows).astype(str).tolist(),
-                       zoo.column("run_id", rows).astype(str).tolist())))
+                       zoo.column("run_id", rows).astype(str).tolist(), strict=True)))
 
 
 # ----------------------------------------------------------------- results
