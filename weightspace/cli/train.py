@@ -65,10 +65,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings to override")
     p.add_argument("--config", default=None, help="training config YAML")
     p.add_argument("--zoo", default=None, help="the zoo (.h5)")
-    # No argparse choices: the library's "unknown metanetwork" names the
-    # choices, for --model, model=... and a config's model: alike.
-    p.add_argument("--model", default=None, metavar="MODEL",
-                   help=f"metanetwork name: {', '.join(models)} (default gmn)")
+    p.add_argument("--model", default=None, choices=models, metavar="MODEL",
+                   help="metanetwork name (default gmn)")
     p.add_argument("--task", default=None, choices=tasks, help="default classify")
     p.add_argument("--target", default=None, help="zoo column to predict (default label)")
     p.add_argument("--epochs", type=int, default=None, help="at most this many epochs")
