@@ -245,7 +245,8 @@ def _add_import(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("path", help="the published zoo's folder")
     p.add_argument("-o", "--output", required=True, help="zoo file to write (.h5)")
     p.add_argument("--on-error", default="raise", choices=["raise", "skip"],
-                   help="a broken file in the folder: stop (default) or skip it with a warning")
+                   help="a broken file in the folder: stop (default) or skip it with a warning "
+                        "(small-cnn-zoo reads one array: only raise)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     add_output_flags(p, "print a JSON summary", quiet_help="no progress bar")
     p.set_defaults(func=cmd_import)
