@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.train.conftest import SIREN_DEF, TINY_MODEL
+from tests.train.conftest import SIREN_DEF, TINY_MODEL, siren_row, write_zoo
+from weightspace.errors import WeightspaceError
 from weightspace.train import (
     Trainer,
     TrainResult,
@@ -480,3 +481,61 @@ def test_train_batches_cover_each_row_once_per_epoch(tiny_zoo, make_config):
         assert trainer.steps_per_epoch == 4
     finally:
         trainer.zoo.close()
+
+
+def _few_runs_zoo(path: Path, with_split: bool) -> Path:
+    """digits-inr "tiny" in small: 3 runs of 8 INRs each, train and test
+    images in every run (split='run' with 0.8/0.1/0.1 leaves a part empty)."""
+    rows = [siren_row(i, run_id=f"run{i // 8}", image_index=i // 2,
+                      split=("train" if i % 8 < 6 else "test") if with_split else "")
+            for i in range(24)]
+    return write_zoo(path, rows)
+
+
+def test_too_few_runs_fall_back_to_the_zoo_split_and_say_so(tmp_path, caplog):
+    path = _few_runs_zoo(tmp_path / "few.h5", with_split=True)
+    with Zoo(path) as zoo, caplog.at_level("WARNING", logger="weightspace.train"):
+        parts = split_rows(zoo, load_config(zoo=str(path)))
+        split = zoo.column("split", np.arange(zoo.num_rows)).astype(str)
+    assert all(len(parts[k]) for k in ("train", "val", "test"))
+    assert set(split[parts["train"]]) == {"train"} and len(parts["train"]) == 18
+    assert set(split[np.concatenate([parts["val"], parts["test"]])]) == {"test"}
+    assert "using the zoo's own 'split' column" in caplog.text
+
+
+def test_too_few_runs_without_a_zoo_split_name_the_fix(tmp_path):
+    path = _few_runs_zoo(tmp_path / "few.h5", with_split=False)
+    with Zoo(path) as zoo, pytest.raises(WeightspaceError) as caught:
+        split_rows(zoo, load_config(zoo=str(path)))
+    assert caught.value.parameter == "split"
+    assert "24 usable rows in 3 runs" in str(caught.value)
+    assert "split_fractions" in str(caught.value)
+
+
+def test_unknown_metanetwork_is_reported_before_an_empty_split(tmp_path, make_config):
+    path = _few_runs_zoo(tmp_path / "few.h5", with_split=False)
+    with pytest.raises(WeightspaceError, match="unknown metanetwork 'gmnn'") as caught:
+        train_metanetwork(make_config(path, model="gmnn"))
+    assert caught.value.parameter == "model"
+
+
+def test_train_cli_on_a_zoo_with_few_runs(tmp_path, capsys):
+    """``weightspace train --zoo Z --model gmn --task edit ...`` on a zoo with
+    few runs trains (once: "the 'test' split is empty"); a misspelt model is
+    reported before the split."""
+    from weightspace.cli import main
+
+    path = _few_runs_zoo(tmp_path / "few.h5", with_split=True)
+    common = ["--zoo", str(path), "--task", "edit", "--out", str(tmp_path / "run"),
+              "--json", "epochs=1", "batch_size=8", "model_args.hidden=8",
+              "model_args.num_layers=1", "device=cpu", "progress=false"]
+    # The flag is refused by argparse (its choices are the registry's) ...
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "gmnn", *common])
+    assert "invalid choice: 'gmnn'" in capsys.readouterr().err
+    # ... an override or a config's model: by the library, before the split.
+    assert main(["train", *common, "model=gmnn"]) == 1
+    assert "--model: unknown metanetwork 'gmnn'" in capsys.readouterr().err
+    assert main(["train", "--model", "gmn", *common, "edit.op=dilate"]) == 0, \
+        capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["num_rows"]["test"] > 0

@@ -14,6 +14,7 @@ import pytest
 
 from tests.zoo.zoo_helpers import make_zoo, mlp_row
 from weightspace.cli import main
+from weightspace.cli._common import EXIT_BAD_INPUT
 from weightspace.graph import load_graphs
 from weightspace.zoo import Zoo, ZooWriter
 
@@ -132,3 +133,94 @@ def test_import_inr_folder_atomic_and_skip(tmp_path, capsys):
                  "--on-error", "skip"]) == 0
     with Zoo(output) as zoo:
         assert len(zoo) == len(made) - 1
+
+
+def _write_small_cnn_zoo(root: Path) -> int:
+    from tests.zoo import fixtures
+
+    zoo = fixtures.write_small_cnn_zoo(root, [("run-a", "relu"), ("run-b", "tanh")], steps=(0, 86))
+    return len(zoo.rows)
+
+
+def _write_inr_folder(root: Path) -> int:
+    from tests.zoo import fixtures
+
+    return len(fixtures.write_dwsnets_inrs(root))
+
+
+def _write_cnn_wild_park(root: Path) -> int:
+    from tests.zoo import fixtures
+
+    return len(fixtures.write_cnn_wild_park(root))
+
+
+def _write_model_zoos(root: Path) -> int:
+    from tests.zoo import fixtures
+
+    return len(fixtures.write_model_zoos(root))
+
+
+#: A folder writer per import format: returns the number of rows it wrote.
+FOLDER_WRITERS = {"small-cnn-zoo": _write_small_cnn_zoo, "inr-folder": _write_inr_folder,
+                  "cnn-wild-park": _write_cnn_wild_park, "model-zoos": _write_model_zoos}
+
+
+def test_every_import_format_has_a_cli_test():
+    from weightspace.zoo.importers import IMPORT_FORMATS
+
+    assert sorted(FOLDER_WRITERS) == sorted(IMPORT_FORMATS)
+
+
+@pytest.mark.parametrize("format", sorted(FOLDER_WRITERS))
+def test_import_every_format_as_subprocess(format, tmp_path):
+    """The documented ``weightspace zoo import FORMAT DIR -o out.h5`` works for
+    every format (the CLI always passes ``--on-error``, a reader without that
+    option once made small-cnn-zoo fail every time)."""
+    source = tmp_path / "published"
+    rows = FOLDER_WRITERS[format](source)
+    output = tmp_path / "out.h5"
+    done = run("zoo", "import", format, str(source), "-o", str(output), "--json", "-q")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["rows"] == rows
+    with Zoo(output) as zoo:
+        assert len(zoo) == rows
+
+
+def test_import_skip_refused_where_there_is_nothing_to_skip(tmp_path, capsys):
+    from weightspace.zoo import ZooError
+    from weightspace.zoo.importing import import_zoo
+
+    source = tmp_path / "published"
+    rows = _write_small_cnn_zoo(source)
+    # The Python call fails the same way the CLI did, before the fix.
+    assert import_zoo("small-cnn-zoo", source, tmp_path / "a.h5")["rows"] == rows
+    with pytest.raises(ZooError) as caught:
+        import_zoo("small-cnn-zoo", source, tmp_path / "b.h5", on_error="skip")
+    assert caught.value.parameter == "on_error"
+    capsys.readouterr()
+    assert main(["zoo", "import", "small-cnn-zoo", str(source), "-o", str(tmp_path / "c.h5"),
+                 "--on-error", "skip"]) == EXIT_BAD_INPUT
+    assert "--on-error" in capsys.readouterr().err
+    assert not (tmp_path / "c.h5").exists()
+
+
+def test_export_rows_count_within_the_group(zoo_path, tmp_path, capsys):
+    """``--group G --rows 0:3`` is G's first three rows (once: "row indices
+    must be integers, got float64", the global rows 0:3 being in another group)."""
+    out = tmp_path / "out"
+    assert main(["zoo", "export", str(zoo_path), "-o", str(out), "--group", "siren",
+                 "--rows", "0:3,-1", "--json"]) == 0
+    files = json.loads(capsys.readouterr().out)["files"]
+    with Zoo(zoo_path) as zoo:
+        siren = zoo.select(group="siren", finite=None)
+        keys = list(zoo.column("key", siren[[0, 1, 2, -1]]))
+    assert [Path(f).parent.name for f in files] == ["siren"] * 4
+    index = json.loads((out / "index.json").read_text())
+    assert sorted(str(entry["key"]) for entry in index) == sorted(str(k) for k in keys)
+    assert main(["zoo", "export", str(zoo_path), "-o", str(out), "--group", "siren",
+                 "--rows", "6"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "--rows" in err and "group 'siren' has 6 row(s)" in err
+    assert main(["zoo", "export", str(zoo_path), "-o", str(out), "--group", "siren",
+                 "--rows", "10:20"]) == EXIT_BAD_INPUT
+    assert "no row matches group 'siren'" in capsys.readouterr().err

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 
 from weightspace import __version__
 from weightspace.cli import align, demo, inspect, prune, train, zoo
@@ -78,8 +80,18 @@ def _set_verb_flags(parser: argparse.ArgumentParser) -> None:
                     verb.set_defaults(verb_flags=verb_flags(verb))
 
 
+def _put_working_directory_on_path() -> None:
+    """Let ``--model mypkg.nets:make_net`` (and recipes named by module) import
+    user code from the current directory, as ``python -m weightspace`` does:
+    the console script has its own ``bin/`` folder as ``sys.path[0]`` instead."""
+    working_directory = os.getcwd()
+    if not {"", working_directory} & {os.path.abspath(p) if p else p for p in sys.path}:
+        sys.path.insert(0, working_directory)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``weightspace`` with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    _put_working_directory_on_path()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

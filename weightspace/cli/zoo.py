@@ -90,9 +90,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         with Zoo(args.zoo) as zoo:
             index = zoo.select(group=args.group, last_checkpoint=args.last_checkpoint,
                                finite=None)
-            if args.rows:
-                wanted = _parse_rows(args.rows, len(zoo))
-                index = [i for i in wanted if i in set(index.tolist())]
+        if args.rows:
+            index = index[_parse_rows(args.rows, len(index), _selection_name(args))]
+        if len(index) == 0:
+            return report_error(args, f"{args.zoo}: no row matches {_selection_name(args)}")
     paths = export_zoo(args.zoo, args.output, index=index, suffix=args.format,
                        progress=show_progress(args))
     if args.json:
@@ -102,21 +103,36 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_rows(text: str, count: int) -> list[int]:
+def _selection_name(args: argparse.Namespace) -> str:
+    """What ``--rows`` counts in, for messages: the group, the last
+    checkpoints, or the whole zoo."""
+    parts = [f"group {args.group!r}"] if args.group else []
+    if args.last_checkpoint:
+        parts.append("the last checkpoint of each run")
+    return " and ".join(parts) if parts else "the zoo"
+
+
+def _parse_rows(text: str, count: int, within: str) -> list[int]:
+    """Positions ``0..count-1`` named by ``--rows`` (``0,5,10:20``), counted
+    within the selection ``--group`` / ``--last-checkpoint`` made, so that
+    ``--group cnn-tanh --rows 0:10`` is that group's first ten rows."""
     from weightspace.zoo import ZooError
 
     rows: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        start, colon, stop = part.partition(":")
         try:
-            if ":" in part:
-                start, _, stop = part.partition(":")
-                rows += range(count)[slice(int(start) if start else None,
-                                           int(stop) if stop else None)]
-            elif part:
-                rows.append(int(part))
+            bounds = [int(b) if b else None for b in (start, stop)]
         except ValueError:
-            raise ZooError(f"--rows: {part!r} is not a row index or start:stop range") from None
+            raise ZooError(f"{part!r} is not a row index or start:stop range",
+                           parameter="rows") from None
+        if colon:
+            rows += range(count)[slice(*bounds)]
+        elif not -count <= bounds[0] < count:
+            raise ZooError(f"row {bounds[0]} is out of range: {within} has {count} row(s), "
+                           f"numbered 0..{count - 1}", parameter="rows")
+        else:
+            rows.append(bounds[0] % count)
     return rows
 
 
@@ -204,7 +220,10 @@ def _add_merge_and_export(verbs: argparse._SubParsersAction) -> None:
                                      "their metadata, plus OUT/index.json.")
     p.add_argument("zoo", help="zoo file (.h5)")
     p.add_argument("-o", "--output", required=True, help="output directory")
-    p.add_argument("--rows", default=None, help="row indices and ranges, e.g. 0,5,10:20")
+    p.add_argument("--rows", default=None,
+                   help="row positions and ranges, e.g. 0,5,10:20, counted within the rows "
+                        "--group and --last-checkpoint select (the whole zoo without them): "
+                        "--group G --rows 0:10 is G's first ten rows")
     p.add_argument("--group", default=None, help="only this group")
     p.add_argument("--last-checkpoint", action="store_true",
                    help="only the last checkpoint of each run")
@@ -226,7 +245,8 @@ def _add_import(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("path", help="the published zoo's folder")
     p.add_argument("-o", "--output", required=True, help="zoo file to write (.h5)")
     p.add_argument("--on-error", default="raise", choices=["raise", "skip"],
-                   help="a broken file in the folder: stop (default) or skip it with a warning")
+                   help="a broken file in the folder: stop (default) or skip it with a warning "
+                        "(small-cnn-zoo reads one array: only raise)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     add_output_flags(p, "print a JSON summary", quiet_help="no progress bar")
     p.set_defaults(func=cmd_import)

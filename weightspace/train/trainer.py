@@ -69,30 +69,78 @@ def make_mixup(spec: dict[str, Any] | None) -> WeightMixup | None:
 
 
 def split_rows(zoo: Zoo, config: TrainConfig) -> dict[str, np.ndarray]:
-    """Train / val / test rows (finite weights only)."""
+    """Train / val / test rows (finite weights only).
+
+    ``split="run"`` deals whole runs to the parts by ``split_fractions``. A
+    zoo with too few runs for that (digits-inr "tiny": a handful of runs of
+    many images each) would leave a part empty; where the zoo carries its own
+    ``split`` column of train / test rows, that split is used instead and a
+    warning says so. Otherwise an empty part is an error naming the fix.
+
+    Raises:
+        WeightspaceError: (``parameter="split"``) an unknown split column, or
+            a part that comes out empty.
+    """
     rows = zoo.select()
-    if config.split == "run":
-        parts = split_by_run(zoo, rows, config.split_fractions, seed=config.seed)
-    else:
-        if config.split not in zoo.columns:
-            raise WeightspaceError(f"split={config.split!r}: {zoo.path} has no such column; "
-                                   f"use 'run' or one of {zoo.columns}", parameter="split")
-        values = zoo.column(config.split, rows).astype(str)
-        parts = {name: rows[values == name] for name in ("train", "val", "test")}
-        if len(parts["val"]) == 0:
-            # e.g. digits-inr: train/test images; divide the test images into val and test,
-            # every view of an image on one side
-            unit = "image_index" if "image_index" in zoo.columns else "run_id"
-            halves = split_by_run(zoo, parts["test"], {"val": 0.5, "test": 0.5}, seed=config.seed,
-                                  run_column=unit)
-            parts["val"], parts["test"] = halves["val"], halves["test"]
-    for name in ("train", "val", "test"):
-        if len(parts.get(name, ())) == 0:
-            raise WeightspaceError(f"the {name!r} split of {zoo.path} is empty ({len(rows)} usable rows); "
-                                   "build a larger zoo or change split / split_fractions", parameter="split")
+    parts = _split_by(zoo, rows, config.split, config)
+    empty = [name for name in ("train", "val", "test") if len(parts.get(name, ())) == 0]
+    if empty and config.split == "run" and _has_own_split(zoo, rows):
+        fallback = _split_by(zoo, rows, ZOO_SPLIT_COLUMN, config)
+        if all(len(fallback[name]) for name in ("train", "val", "test")):
+            logger.warning("split='run' leaves the %s part of %s empty (%d runs for "
+                           "split_fractions %s); using the zoo's own %r column instead "
+                           "(train rows; test rows halved into val and test)",
+                           " and ".join(repr(e) for e in empty), zoo.path,
+                           _count_runs(zoo, rows), config.split_fractions, ZOO_SPLIT_COLUMN)
+            parts, empty = fallback, []
+    if empty:
+        own = (f"split={ZOO_SPLIT_COLUMN!r} (the zoo's own train/test rows), "
+               if _has_own_split(zoo, rows) else "")
+        raise WeightspaceError(
+            f"the {empty[0]!r} split of {zoo.path} is empty (split={config.split!r}, "
+            f"split_fractions {config.split_fractions}, {len(rows)} usable rows in "
+            f"{_count_runs(zoo, rows)} runs); use {own}larger split_fractions for "
+            f"{empty[0]!r}, or build a larger zoo", parameter="split")
     if config.max_train_rows:
         parts["train"] = parts["train"][: config.max_train_rows]
     return parts
+
+
+#: The column of train / test rows a zoo recipe (digits-inr) writes.
+ZOO_SPLIT_COLUMN = "split"
+
+
+def _split_by(zoo: Zoo, rows: np.ndarray, split: str, config: TrainConfig
+              ) -> dict[str, np.ndarray]:
+    if split == "run":
+        return split_by_run(zoo, rows, config.split_fractions, seed=config.seed)
+    if split not in zoo.columns:
+        raise WeightspaceError(f"split={split!r}: {zoo.path} has no such column; "
+                               f"use 'run' or one of {zoo.columns}", parameter="split")
+    values = zoo.column(split, rows).astype(str)
+    parts = {name: rows[values == name] for name in ("train", "val", "test")}
+    if len(parts["val"]) == 0:
+        # e.g. digits-inr: train/test images; divide the test images into val and test,
+        # every view of an image on one side
+        unit = "image_index" if "image_index" in zoo.columns else "run_id"
+        halves = split_by_run(zoo, parts["test"], {"val": 0.5, "test": 0.5}, seed=config.seed,
+                              run_column=unit)
+        parts["val"], parts["test"] = halves["val"], halves["test"]
+    return parts
+
+
+def _has_own_split(zoo: Zoo, rows: np.ndarray) -> bool:
+    if ZOO_SPLIT_COLUMN not in zoo.columns:
+        return False
+    values = set(zoo.column(ZOO_SPLIT_COLUMN, rows).astype(str).tolist())
+    return {"train", "test"} <= values
+
+
+def _count_runs(zoo: Zoo, rows: np.ndarray) -> int:
+    if "run_id" not in zoo.columns:
+        return len(rows)
+    return len(set(zip(zoo.column("group", rows).astype(str).tolist(),
+                       zoo.column("run_id", rows).astype(str).tolist(), strict=True)))
 
 
 # ----------------------------------------------------------------- results
@@ -132,6 +180,8 @@ class Trainer:
     """One training run; :meth:`fit` does it all. See the module docstring."""
 
     def __init__(self, config: TrainConfig) -> None:
+        # A misspelt metanetwork is reported before anything about the zoo.
+        METANETWORKS.get(config.model, parameter="model")
         self.config = config
         self.start = time.perf_counter()
         self.dist: Distributed = setup_distributed(config.device)

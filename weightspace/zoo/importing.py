@@ -31,14 +31,26 @@ def import_zoo(format: str, path: str | os.PathLike[str], output: str | os.PathL
 
     Args:
         on_error: ``"raise"``: a broken file stops the import (nothing is
-            written); ``"skip"``: it is skipped with a logged warning.
+            written); ``"skip"``: it is skipped with a logged warning. Passed
+            to the readers that read one file per checkpoint (those with an
+            ``on_error`` option); a format read from one array
+            (``small-cnn-zoo``) has no file to skip, so ``"skip"`` is refused.
         options: passed to the format's reader.
 
     Returns:
         ``{"output", "format", "source", "rows", "groups"}``.
     """
-    from weightspace.zoo.importers import iter_import
+    from weightspace.zoo.importers import IMPORT_FORMATS, iter_import
+    from weightspace.zoo.importers._common import check_on_error
 
+    check_on_error(on_error)
+    # The reader's signature says whether it takes ``on_error``; passing it
+    # to one that does not (small-cnn-zoo) would fail every import.
+    if "on_error" in IMPORT_FORMATS.get(format).options():
+        options = {**options, "on_error": on_error}
+    elif on_error != "raise":
+        raise ZooError(f"format {format!r} reads all checkpoints from one array and has no "
+                       f"broken file to skip; use on_error='raise'", parameter="on_error")
     output = Path(output)
     if output.exists() and not overwrite:
         raise ZooError(f"{output} exists; pass overwrite=True to replace it",
@@ -52,7 +64,7 @@ def import_zoo(format: str, path: str | os.PathLike[str], output: str | os.PathL
                            attrs={"import_format": format, "import_source": str(path)}) as writer, \
                     tqdm(unit="row", desc=f"import {format}", disable=not progress) as bar:
                 batch = []
-                for row in iter_import(format, path, on_error=on_error, **options):
+                for row in iter_import(format, path, **options):
                     batch.append(row)
                     groups.add(row.group)
                     if len(batch) >= batch_rows:

@@ -31,7 +31,8 @@ _INTEGER = re.compile(r"^[+-]?\d+$")
 
 def check_on_error(on_error: str) -> str:
     if on_error not in ON_ERROR_CHOICES:
-        raise ZooError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        raise ZooError(f"on_error must be 'raise' or 'skip', got {on_error!r}",
+                       parameter="on_error")
     return on_error
 
 
