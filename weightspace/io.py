@@ -24,9 +24,9 @@ try to read. What a crash leaves behind:
 crash (kill, power loss) ...    the destination then holds
 ==============================  ================================================
 before the rename               its old content (or nothing, if it did not
-                                exist); a hidden ``.NAME.XXXXXXXX.tmp`` sibling
-                                may be left over, safe to delete and ignored by
-                                :func:`expand_checkpoint_paths`
+                                exist); a hidden ``.NAME.<8 hex digits>.tmp``
+                                sibling may be left over, safe to delete and
+                                ignored by :func:`expand_checkpoint_paths`
 after the rename                the complete new content: it was ``fsync``-ed
                                 before the rename, and the directory is
                                 ``fsync``-ed after it so the rename itself

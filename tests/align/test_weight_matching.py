@@ -189,8 +189,8 @@ def test_independent_models_monotone_terminating_deterministic(name, kwargs):
 
 def _reference_weight_matching(spec, sd_a, sd_b, seed, max_sweeps=100):
     """A direct transcription of Git Re-Basin's algorithm (full permuted copies)."""
-    from weightspace.align.assignment import expand_index
     from weightspace.align.weight_matching import cost_terms
+    from weightspace.spec.symmetry import expand_index
 
     terms = cost_terms(spec, False)
     spaces = [s for s in spec.permutable_spaces if terms[s.name]]

@@ -39,9 +39,9 @@ from torch import Tensor
 
 from weightspace.align._wm_plan import Plan, SpacePlan, inner_objective
 from weightspace.align._wm_workspace import Workspace
-from weightspace.align.assignment import WeightMatchingResult, expand_index, solve_assignment
+from weightspace.align.assignment import WeightMatchingResult, solve_assignment
 from weightspace.spec.containers import WeightSpaceSpec, check_finite
-from weightspace.spec.symmetry import Permutation
+from weightspace.spec.symmetry import Permutation, expand_index
 
 logger = logging.getLogger("weightspace.align.weight_matching")
 

@@ -34,8 +34,9 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-from weightspace.align.assignment import axes_by_parameter, expand_index
+from weightspace.align.assignment import axes_by_parameter
 from weightspace.spec.containers import WeightSpaceSpec
+from weightspace.spec.symmetry import expand_index
 
 __all__ = ["CostTerm", "Plan", "SpacePlan", "clear_plans", "cost_terms", "inner_objective",
            "plan_for"]

@@ -31,7 +31,6 @@ __all__ = [
     "axes_by_parameter",
     "check_states",
     "compute_dtype",
-    "expand_index",
     "resolve_init",
     "solve_assignment",
 ]
@@ -153,15 +152,3 @@ def axes_by_parameter(spec: WeightSpaceSpec, spaces: Iterable[str]
         for ref in spec.axes_of(space):
             out.setdefault(ref.parameter, []).append((ref.axis, space, ref.block))
     return {name: sorted(axes) for name, axes in out.items()}
-
-
-def expand_index(index: Tensor, block: int) -> Tensor:
-    """Neuron index -> axis index when every neuron owns ``block`` entries.
-
-    Shapes:
-        - index: ``[n]``
-        - output: ``[n * block]``
-    """
-    if block == 1:
-        return index
-    return (index[:, None] * block + torch.arange(block, device=index.device)).reshape(-1)

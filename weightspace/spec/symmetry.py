@@ -52,7 +52,8 @@ class Permutation:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "perms", _frozen({k: v.long() for k, v in self.perms.items()}))
-        _batch_size(self.perms, "permutation")  # one batch size for every space
+        # one batch size for every space, checked once
+        object.__setattr__(self, "_batch", _batch_size(self.perms, "permutation"))
 
     def __getitem__(self, space: str) -> Tensor:
         return self.perms[space]
@@ -69,7 +70,7 @@ class Permutation:
     @property
     def batch_size(self) -> int | None:
         """``B`` for a batch of ``[B, n]`` permutations, ``None`` for a single one."""
-        return _batch_size(self.perms, "permutation")
+        return self._batch
 
     def inverse(self) -> Permutation:
         return Permutation({k: torch.argsort(v, dim=-1) for k, v in self.perms.items()})
@@ -80,7 +81,7 @@ class Permutation:
         out = dict(self.perms)
         for k, q in other.perms.items():
             if k in out:
-                p, q = torch.broadcast_tensors(out[k], q) if out[k].dim() != q.dim() else (out[k], q)
+                p, q = torch.broadcast_tensors(out[k], q)  # a single one acts on every row
                 out[k] = p.gather(-1, q)
             else:
                 out[k] = q
@@ -127,12 +128,12 @@ class NeuronScaling:
         if self.kind not in ("scale", "sign"):
             raise SpecError(f"scaling kind must be 'scale' or 'sign', got {self.kind!r}")
         object.__setattr__(self, "factors", _frozen(self.factors))
-        _batch_size(self.factors, "scaling")  # one batch size for every space
+        object.__setattr__(self, "_batch", _batch_size(self.factors, "scaling"))
 
     @property
     def batch_size(self) -> int | None:
         """``B`` for a batch of ``[B, n]`` factors, ``None`` for a single one."""
-        return _batch_size(self.factors, "scaling")
+        return self._batch
 
     def inverse(self) -> NeuronScaling:
         return NeuronScaling(self.kind, {k: 1.0 / v for k, v in self.factors.items()})
@@ -154,19 +155,25 @@ def _batch_size(tensors: Mapping[str, Tensor], what: str) -> int | None:
     return next(iter(sizes)) if sizes else None
 
 
-def _expand(index: Tensor, block: int) -> Tensor:
+def expand_index(index: Tensor, block: int) -> Tensor:
     """Neuron index -> axis index when each neuron owns ``block`` entries
-    (``[..., n] -> [..., n * block]``)."""
+    (an :class:`~weightspace.spec.containers.Axis` with ``block > 1``).
+
+    Shapes:
+        - index: ``[..., n]``
+        - output: ``[..., n * block]``
+    """
     if block == 1:
         return index
     within = torch.arange(block, device=index.device)
     return (index[..., None] * block + within).reshape(*index.shape[:-1], -1)
 
 
-def _uniform(shape: tuple[int, ...], generator: torch.Generator | None,
-             dtype: torch.dtype = torch.float64) -> Tensor:
-    # Always drawn on the CPU: a CPU generator cannot drive a CUDA draw, and a
-    # seed then gives the same draw on every device.
+def cpu_uniform(shape: tuple[int, ...], generator: torch.Generator | None,
+                dtype: torch.dtype = torch.float64) -> Tensor:
+    """Uniform ``[0, 1)`` noise drawn on the CPU: a CPU generator cannot drive
+    a CUDA draw, and a seed then gives the same draw on every device (the
+    random symmetries here and the augmentations of :mod:`weightspace.zoo.transforms`)."""
     return torch.rand(shape, generator=generator, dtype=dtype)
 
 
@@ -217,11 +224,11 @@ def random_permutation(spec: WeightSpaceSpec, generator: torch.Generator | None 
         blocks = s.permutation_blocks
         if blocks > 1:
             size = s.size // blocks
-            order = _uniform((b, blocks), generator).argsort(dim=-1)
-            within = _uniform((b, blocks, size), generator).argsort(dim=-1)
+            order = cpu_uniform((b, blocks), generator).argsort(dim=-1)
+            within = cpu_uniform((b, blocks, size), generator).argsort(dim=-1)
             out[s.name] = (order[:, :, None] * size + within).reshape(b, s.size)
         else:
-            out[s.name] = _uniform((b, s.size), generator).argsort(dim=-1)
+            out[s.name] = cpu_uniform((b, s.size), generator).argsort(dim=-1)
     if batch_size is None:
         out = {k: v[0] for k, v in out.items()}
     return Permutation(out)
@@ -251,7 +258,7 @@ def select_neurons(spec: WeightSpaceSpec, state_dict: Mapping[str, Tensor],
     for name, neurons in index.items():
         for ref in spec.axes_of(name):
             t = out[ref.parameter]
-            out[ref.parameter] = t.index_select(ref.axis, _expand(neurons.to(t.device), ref.block))
+            out[ref.parameter] = t.index_select(ref.axis, expand_index(neurons.to(t.device), ref.block))
     return {p.name: out[p.name].clone() if out[p.name] is state_dict[p.name] else out[p.name]
             for p in spec.parameters}
 
@@ -296,7 +303,7 @@ def permutation_index(spec: WeightSpaceSpec, perm: Permutation, *, check: bool =
             shape[1 + axis] = size
             if a is not None and a.space in perms:
                 shape[0] = batch
-                moves.append((_expand(perms[a.space], a.block) * stride).reshape(shape))
+                moves.append((expand_index(perms[a.space], a.block) * stride).reshape(shape))
             else:
                 base = base + (torch.arange(size, device=device) * stride).reshape(shape)
         out = index[:, start:end].view(batch, *p.shape)
@@ -340,7 +347,7 @@ def random_scaling(
     # the inverse) to float64 precision; rescaling casts to each parameter's dtype
     lo, hi = math.log(low), math.log(high)
     b = 1 if batch_size is None else batch_size
-    out = {s.name: torch.exp(lo + (hi - lo) * _uniform((b, s.size), generator))
+    out = {s.name: torch.exp(lo + (hi - lo) * cpu_uniform((b, s.size), generator))
            for s in spec.permutable_spaces if s.scale_rules}
     return NeuronScaling("scale", out if batch_size is not None else {k: v[0] for k, v in out.items()})
 
@@ -352,7 +359,7 @@ def random_sign_flip(spec: WeightSpaceSpec, generator: torch.Generator | None = 
     if not 0.0 <= p <= 1.0:
         raise SpecError(f"the flip probability must be in [0, 1], got p={p}")
     b = 1 if batch_size is None else batch_size
-    out = {s.name: 1.0 - 2.0 * (_uniform((b, s.size), generator) < p).double()
+    out = {s.name: 1.0 - 2.0 * (cpu_uniform((b, s.size), generator) < p).double()
            for s in spec.permutable_spaces if s.sign_rules}
     return NeuronScaling("sign", out if batch_size is not None else {k: v[0] for k, v in out.items()})
 

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from weightspace.errors import WeightspaceError
 from weightspace.spec.containers import ScaleRule, WeightSpaceSpec
-from weightspace.spec.symmetry import multiply_rules_flat, permutation_index
+from weightspace.spec.symmetry import cpu_uniform, multiply_rules_flat, permutation_index
 
 __all__ = [
     "Compose",
@@ -52,12 +52,6 @@ __all__ = [
 
 
 # ------------------------------------------------------------------ helpers
-def _rand(shape: tuple[int, ...], generator: torch.Generator | None, dtype=torch.float64) -> Tensor:
-    # Always drawn on the CPU: a CPU generator cannot drive a CUDA draw, and
-    # drawing on the CPU makes a seed give the same augmentation on any device.
-    return torch.rand(shape, generator=generator, dtype=dtype)
-
-
 def _copy(params: Tensor) -> Tensor:
     """A contiguous copy, so that parameter slices can be viewed in their shapes."""
     return params.clone(memory_format=torch.contiguous_format)
@@ -385,7 +379,7 @@ class GaussianNoise(WeightTransform):
 
     def forward(self, params, spec, generator):
         batch = params.shape[0]
-        # drawn in float32 (float64 for float64 params) on the CPU, see _rand
+        # drawn in float32 (float64 for float64 params) on the CPU, see cpu_uniform
         dtype = torch.float64 if params.dtype == torch.float64 else torch.float32
         noise = torch.randn((batch, spec.num_parameters), generator=generator, dtype=dtype)
         noise = noise.to(params.device, params.dtype) * self.std
@@ -432,7 +426,7 @@ class WeightDropout(WeightTransform):
     def forward(self, params, spec, generator):
         learnable = _learnable_mask(spec, params.device)
         # float32 uniforms: half the memory of float64, resolution 2**-24 is plenty
-        drop = _rand((params.shape[0], spec.num_parameters), generator, torch.float32) < self.p
+        drop = cpu_uniform((params.shape[0], spec.num_parameters), generator, torch.float32) < self.p
         drop = drop.to(params.device)
         if not bool(learnable.all()):
             drop &= learnable
@@ -513,7 +507,7 @@ class RandomApply(WeightTransform):
         self.p = float(p)
 
     def forward(self, params, spec, generator):
-        chosen = (_rand((params.shape[0],), generator) < self.p).nonzero().reshape(-1)
+        chosen = (cpu_uniform((params.shape[0],), generator) < self.p).nonzero().reshape(-1)
         out = params.clone()
         if len(chosen):
             chosen = chosen.to(params.device)
